@@ -1,0 +1,105 @@
+"""The `lcs train`, `lcs eval` and `lcs profile` sub-commands (argument parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from models.levels import FAMILIES, KINDS
+from models.networks import ARCHITECTURES
+
+
+def add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default="small_cnn", choices=sorted(ARCHITECTURES))
+    p.add_argument("--family", default="structured", choices=FAMILIES)
+    p.add_argument("--kind", default="point", choices=KINDS, help="point = LCS+P, line = LCS+L")
+    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "folder"])
+    p.add_argument("--data-root", help="directory for cifar10 / folder datasets")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shift", type=int, default=2, help="random-shift augmentation in pixels")
+    p.add_argument("--act-quant-start", type=float, default=0.5)
+    p.add_argument("--line-beta", type=float, default=0.0)
+    p.add_argument("--max-train", type=int, help="use at most this many training images")
+    p.add_argument("--out", default="runs/model.safetensors")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's .state.pt")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = {f.name for f in fields(TrainConfig)}
+    try:
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+        path = train(cfg, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"lcs train: {e}", file=sys.stderr)
+        return 2
+    print(f"saved {path}")
+    return 0
+
+
+def add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", help="checkpoint file (default: the bundled model)")
+    p.add_argument("--dataset", default=None, help="default: the one the model was trained on")
+    p.add_argument("--data-root")
+    p.add_argument("--levels", type=int, default=7, help="number of α values on the grid")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="PNG", help="write accuracy against γ as a PNG plot")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from models import checkpoint
+    from models.data import load_dataset
+    from models.evaluate import accuracy_at_levels, format_table, plot
+
+    try:
+        net, meta, _ = checkpoint.load(args.checkpoint)
+        name = args.dataset or ("digits" if meta.dataset == "mnist-5000" else meta.dataset)
+        data = load_dataset(name, args.data_root, tuple(meta.input_size[1:]))  # type: ignore[arg-type]
+    except (ValueError, FileNotFoundError) as e:
+        print(f"lcs eval: {e}", file=sys.stderr)
+        return 2
+    rows = accuracy_at_levels(net, data.test, meta.spec.calc.grid(args.levels), meta.mean, meta.std)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows, meta.family))
+    if args.plot:
+        plot({meta.spec.name: rows}, args.plot, f"{meta.arch} on {data.name}", f"γ ({meta.family})")
+    return 0
+
+
+def add_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("arch", choices=sorted(ARCHITECTURES))
+    p.add_argument("--family", default="structured", choices=FAMILIES)
+    p.add_argument("--kind", default="point", choices=KINDS)
+    p.add_argument("--levels", type=float, nargs="+", help="γ values (default: Table 2 widths)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", action="store_true")
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.profile import format_profile, profile
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rows = profile(args.arch, args.levels, args.family, args.kind, args.batch, args.repeats)
+    except ValueError as e:
+        print(f"lcs profile: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(rows, indent=2) if args.json else format_profile(args.arch, rows, args.batch))
+    return 0

@@ -1,0 +1,97 @@
+"""f(ω, γ): compress a subspace network to the level at α, one handler per family."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from models.compression import quantize, structured, unstructured
+from models.compression.structured import width as width  # re-exported
+from models.layers import LayerParams, SubspaceLayer
+
+if TYPE_CHECKING:
+    from models.networks import SubspaceNet
+
+
+@dataclass(frozen=True, eq=False)
+class Level:
+    """An immutable compressed network's tensors: what one forward pass runs on.
+
+    Nothing in it is ever mutated, so a request that captured a Level finishes on it even if
+    the server has moved on to another level meanwhile.
+    """
+
+    alpha: float
+    gamma: float
+    family: str
+    kind: str
+    params: Mapping[str, LayerParams] = field(repr=False)
+
+    def __getitem__(self, key: str) -> LayerParams:
+        return self.params[key]
+
+    def describe(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "gamma": self.gamma, "family": self.family, "kind": self.kind}
+
+
+class FamilyHandler(Protocol):
+    def __call__(
+        self,
+        layer: SubspaceLayer,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        gamma: float,
+        ctx: dict[str, Any],
+    ) -> LayerParams: ...
+
+
+HANDLERS: dict[str, FamilyHandler] = {
+    "structured": structured.compress_layer,
+    "unstructured": unstructured.compress_layer,
+    "quantization": quantize.compress_layer,
+}
+
+
+class LevelCompressor:
+    """Compresses one network to any α. With `cache=True` (serving, weights frozen) it keeps
+    what does not depend on α: the |w| order for point-subspace TopK and the few quantized
+    levels, so a switch costs a lookup rather than a sort."""
+
+    def __init__(self, net: SubspaceNet, *, cache: bool = False) -> None:
+        self.net = net
+        self.spec = net.spec
+        self.cache = cache
+        self._ctx: dict[str, Any] = {"orders": {} if cache else None}
+        self._levels: dict[float, Level] = {}
+
+    def __call__(self, alpha: float) -> Level:
+        alpha = self.spec.calc.clamp(alpha)
+        if self.cache:
+            with torch.no_grad():
+                return self._cached(alpha)
+        return self._compress(alpha)
+
+    def _cached(self, alpha: float) -> Level:
+        if self.spec.family != "quantization":
+            return self._compress(alpha)
+        if alpha not in self._levels:  # six bit widths at most: keep them all
+            self._levels[alpha] = self._compress(alpha)
+        return self._levels[alpha]
+
+    def _compress(self, alpha: float) -> Level:
+        gamma = self.spec.calc.gamma(alpha)
+        handler = HANDLERS[self.spec.family]
+        ctx = dict(self._ctx, act_quant=bool(self.net.act_quant_enabled))
+        params = {}
+        for layer in self.net.subspace_layers():
+            w, b = layer.at(alpha)
+            params[layer.key] = handler(layer, w, b, gamma, ctx)
+        return Level(alpha, gamma, self.spec.family, self.spec.kind, params)
+
+
+def compress(net: SubspaceNet, alpha: float) -> Level:
+    """f(ω*(α), γ(α)) for `net`, differentiable (training); servers use a cached LevelCompressor."""
+    return LevelCompressor(net)(alpha)

@@ -1,0 +1,105 @@
+"""Multiply-accumulates, weight memory and latency of a network at each level (paper Table 2)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.compression import Level, LevelCompressor
+from models.layers import SNorm
+from models.levels import SubspaceSpec
+from models.networks import ARCHITECTURES, SubspaceNet, create_model
+
+TABLE2_WIDTHS = (1.0, 0.75, 0.625, 0.5, 0.375, 0.25)
+
+
+def count_macs(net: SubspaceNet, level: Level, input_size: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass at `level` for one image (convs and linears)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, *input_size), level)
+    return counter.get_total_flops() // 2
+
+
+def weight_bytes(net: SubspaceNet, level: Level) -> int:
+    """Bytes of the weights the compressed network runs on: kept channels for structured,
+    non-zeros for unstructured, γ bits per weight in quantized layers."""
+    total = 0
+    for layer in net.subspace_layers():
+        p = level[layer.key]
+        n = (
+            int(torch.count_nonzero(p.weight))
+            if level.family == "unstructured"
+            else p.weight.numel()
+        )
+        bits = 32
+        if (
+            level.family == "quantization"
+            and layer.role == "hidden"
+            and not isinstance(layer, SNorm)
+        ):
+            bits = round(level.gamma)
+        total += n * bits // 8 + (0 if p.bias is None else p.bias.numel() * 4)
+    return total
+
+
+def median_latency(net: SubspaceNet, level: Level, x: torch.Tensor, repeats: int) -> float:
+    """Median seconds of one forward pass, after two warm-up passes."""
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            t0 = time.perf_counter()
+            net(x, level)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def profile(
+    arch: str,
+    gammas: Sequence[float] | None = None,
+    family: str = "structured",
+    kind: str = "point",
+    batch: int = 1,
+    repeats: int = 10,
+) -> list[dict[str, float]]:
+    spec = SubspaceSpec(family, kind)
+    net = create_model(arch, spec).eval().requires_grad_(False)
+    size = ARCHITECTURES[arch].input_size
+    levels = LevelCompressor(net, cache=True)
+    gammas = gammas or (
+        TABLE2_WIDTHS
+        if family == "structured"
+        else [spec.calc.gamma(a) for a in reversed(spec.calc.grid())]
+    )
+    x = torch.randn(batch, *size)
+    rows = []
+    for gamma in gammas:
+        level = levels(spec.calc.alpha(gamma))
+        rows.append(
+            {
+                "gamma": level.gamma,
+                "alpha": level.alpha,
+                "mmacs": count_macs(net, level, size) / 1e6,
+                "weights_mb": weight_bytes(net, level) / 1e6,
+                "latency_ms": 1e3 * median_latency(net, level, x, repeats),
+            }
+        )
+    return rows
+
+
+def format_profile(arch: str, rows: Sequence[dict[str, float]], batch: int) -> str:
+    out = [
+        f"{arch} (batch {batch}, {torch.get_num_threads()} threads)",
+        f"{'γ':>7} {'MMACs':>10} {'weights MB':>11} {'latency ms':>11} {'speed-up':>9}",
+    ]
+    base = rows[0]["latency_ms"]
+    for r in rows:
+        out.append(
+            f"{r['gamma']:7.3f} {r['mmacs']:10.2f} {r['weights_mb']:11.2f} "
+            f"{r['latency_ms']:11.2f} {base / r['latency_ms']:8.2f}×"
+        )
+    return "\n".join(out)

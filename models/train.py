@@ -1,0 +1,199 @@
+"""Training a compressible subspace (paper Figure 1b): sample α, compress, sum losses, one step."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models import checkpoint
+from models.compression import compress
+from models.data import Dataset, load_dataset, random_shift
+from models.evaluate import accuracy_at_levels, format_table, normalise
+from models.levels import FAMILIES, KINDS, SubspaceSpec
+from models.networks import ARCHITECTURES, SubspaceNet, create_model
+
+log = logging.getLogger("lcs.train")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "small_cnn"
+    family: str = "structured"
+    kind: str = "point"
+    dataset: str = "digits"
+    data_root: str | None = None
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+    shift: int = 2  # random-shift augmentation, pixels
+    act_quant_start: float = 0.5  # fraction of training after which activations are quantized
+    line_beta: float = 0.0  # β·cos²(ω1, ω2); the paper's text does not use it, the code does
+    max_train: int | None = None  # cap on training images (quick runs and tests)
+    out: str = "runs/model.safetensors"
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose {sorted(ARCHITECTURES)}")
+        if self.family not in FAMILIES or self.kind not in KINDS:
+            raise ValueError(f"family must be one of {FAMILIES}, kind one of {KINDS}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch size must be ≥ 1 and the learning rate > 0")
+
+
+def sample_alphas(spec: SubspaceSpec, rng: random.Random) -> list[float]:
+    """α_n (§3.3): the sandwich rule for structured, one α for the other families."""
+    c = spec.calc
+    if spec.family == "structured":
+        return [
+            c.alpha_min,
+            c.alpha_max,
+            rng.uniform(c.alpha_min, c.alpha_max),
+            rng.uniform(c.alpha_min, c.alpha_max),
+        ]
+    if spec.family == "quantization":
+        return [rng.choice(c.grid())]
+    # Unstructured, as the reference: half the time an endpoint, otherwise uniform.
+    if rng.random() < 0.5:
+        return [rng.choice([c.alpha_min, c.alpha_max])]
+    return [rng.uniform(c.alpha_min, c.alpha_max)]
+
+
+class _Step(nn.Module):
+    """forward(x, α) = the network compressed to α, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, net: SubspaceNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, alpha: float) -> Tensor:
+        return self.net(x, compress(self.net, alpha))
+
+
+def line_penalty(net: SubspaceNet) -> Tensor:
+    """cos²(ω1, ω2) over all line-layer weights, flattened into one vector each."""
+    pairs = [(m.weight, m.weight_2) for m in net.subspace_layers() if m.line]
+    w1 = torch.cat([a.flatten() for a, _ in pairs])
+    w2 = torch.cat([b.flatten() for _, b in pairs])
+    return F.cosine_similarity(w1, w2, dim=0) ** 2
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def train(cfg: TrainConfig, data: Dataset | None = None, progress: bool = True) -> Path:
+    """Train, evaluate on the held-out split, save a checkpoint; returns its path."""
+    rank, world = _distributed()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed + rank)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = data or load_dataset(cfg.dataset, cfg.data_root)
+    mean, std = data.normalisation()
+    spec = SubspaceSpec(cfg.family, cfg.kind)
+    net = create_model(cfg.arch, spec, len(data.class_names), data.input_size[0])
+    step: nn.Module = _Step(net)
+    if world > 1:
+        step = nn.parallel.DistributedDataParallel(step)
+    train_x, train_y = data.train.images, data.train.labels
+    if cfg.max_train:
+        train_x, train_y = train_x[: cfg.max_train], train_y[: cfg.max_train]
+    per_epoch = -(-len(train_y) // (cfg.batch_size * world))
+    total = per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total)
+    state_path = Path(cfg.out).with_suffix(".state.pt")
+    start = _resume(state_path, net, opt, sched) if cfg.resume else 0
+
+    for epoch in range(start, cfg.epochs):
+        net.train()
+        order = torch.randperm(len(train_y), generator=gen)[rank::world]
+        batches = order.split(cfg.batch_size)
+        bar = _bar(batches, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
+        for i, idx in enumerate(bar):
+            if (
+                spec.family == "quantization"
+                and (epoch * per_epoch + i) >= cfg.act_quant_start * total
+            ):
+                net.act_quant_enabled.fill_(True)
+            x = normalise(random_shift(train_x[idx], cfg.shift, gen), mean, std)
+            y = train_y[idx]
+            loss = sum(F.cross_entropy(step(x, a), y) for a in sample_alphas(spec, rng))
+            assert isinstance(loss, Tensor)
+            if cfg.line_beta and spec.line_weights:
+                loss = loss + cfg.line_beta * line_penalty(net)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        if rank == 0:
+            _save_state(state_path, net, opt, sched, epoch + 1)
+
+    if rank != 0:
+        return Path(cfg.out)
+    rows = accuracy_at_levels(net, data.test, spec.calc.grid(), mean, std)
+    log.info("held-out accuracy:\n%s", format_table(rows, spec.family))
+    meta = checkpoint.Metadata(
+        arch=cfg.arch,
+        family=cfg.family,
+        kind=cfg.kind,
+        calculator=spec.calc.to_dict(),
+        num_classes=len(data.class_names),
+        class_names=data.class_names,
+        input_size=list(data.input_size),
+        mean=mean,
+        std=std,
+        dataset=data.name,
+        accuracy=rows,
+        training=asdict(cfg) | {"world_size": world},
+    )
+    checkpoint.save(cfg.out, net, meta)
+    return Path(cfg.out)
+
+
+def _bar(batches, desc: str, show: bool):
+    if not show:
+        return batches
+    from tqdm import tqdm
+
+    return tqdm(batches, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _save_state(path: Path, net: nn.Module, opt, sched, epoch: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": net.state_dict(),
+        "opt": opt.state_dict(),
+        "sched": sched.state_dict(),
+        "epoch": epoch,
+    }
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def _resume(path: Path, net: nn.Module, opt, sched) -> int:
+    if not path.exists():
+        log.info("no training state at %s; starting from scratch", path)
+        return 0
+    # weights_only=True: tensors and plain containers only, no arbitrary unpickling.
+    state = torch.load(path, weights_only=True)
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    log.info("resumed from %s after epoch %d", path, state["epoch"])
+    return int(state["epoch"])
