@@ -1,0 +1,1 @@
+"""The resource controller: machine readings in, a position α in the subspace out."""
