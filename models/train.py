@@ -109,8 +109,9 @@ def train(cfg: TrainConfig, data: Dataset | None = None, progress: bool = True) 
     if world > 1:
         step = nn.parallel.DistributedDataParallel(step)
     train_x, train_y = data.train.images, data.train.labels
-    if cfg.max_train:
-        train_x, train_y = train_x[: cfg.max_train], train_y[: cfg.max_train]
+    if cfg.max_train:  # a seeded random subset: the bundled digits are sorted by class
+        keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.seed))
+        train_x, train_y = train_x[keep[: cfg.max_train]], train_y[keep[: cfg.max_train]]
     per_epoch = -(-len(train_y) // (cfg.batch_size * world))
     total = per_epoch * cfg.epochs
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

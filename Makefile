@@ -1,0 +1,56 @@
+# The commands the README, CI and developers use. Every target sets itself up first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# System packages the tests drive for real (Prometheus + promtool, stress-ng).
+APT_PACKAGES := prometheus stress-ng
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-deps serve test lint format bench default-model clean
+
+setup: $(STAMP)
+
+# torch first, from the local CPU build: a loose torch requirement resolved by pip alone would
+# pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev]'
+	touch $@
+
+system-deps:
+	@missing=""; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v stress-ng >/dev/null || missing="$$missing stress-ng"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+serve: setup
+	$(BIN)/lcs serve
+
+test: setup system-deps
+	$(BIN)/pytest -q --timeout=600
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup system-deps
+	$(BIN)/python -m benchmarks.switch_cost
+
+# Reproduces the bundled default model (about 4 minutes on 2 cores).
+default-model: setup
+	$(BIN)/lcs train --arch small_cnn --family structured --kind point --epochs 20 --seed 0 \
+	  --threads 2 --out models/weights/digits_structured_point.safetensors
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache runs

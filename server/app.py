@@ -1,0 +1,86 @@
+"""create_app: the FastAPI application, whose lifespan loads the model and starts the controller."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from models import checkpoint
+from server import wiring
+from server.middleware import BodyLimit, RequestLog
+from server.routes import health, level, predict, v2
+from server.settings import Settings
+
+log = logging.getLogger("lcs.server")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = await wiring.start(settings, app.state.metrics)
+        app.state.runtime = rt
+        try:
+            yield
+        finally:
+            await wiring.stop(rt)
+
+    app = FastAPI(
+        title="lcs-serve",
+        version="0.1.0",
+        description="Adaptive model serving on a Learning Compressible Subspace: one network, "
+        "recompressed in real time to the level γ the machine can afford.",
+        lifespan=lifespan,
+    )
+    from server.metrics import Metrics
+
+    app.state.metrics = Metrics()
+    app.state.runtime = None
+    for router in (predict.router, level.router, health.router, v2.router):
+        app.include_router(router)
+    _add_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLog, metrics=app.state.metrics)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON {"error": "..."}; no stack traces or paths reach a client."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(e.detail)}, e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return JSONResponse({"error": "; ".join(parts) or "invalid request"}, 422)
+
+    @app.exception_handler(Exception)
+    async def crash(_: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse({"error": "internal error"}, 500)
+
+
+def check_checkpoint(settings: Settings) -> None:
+    """Load the checkpoint once before serving, so a bad file fails the start with one message."""
+    torch.set_num_threads(1)
+    checkpoint.load(settings.checkpoint)

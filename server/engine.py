@@ -1,0 +1,142 @@
+"""Inference engine: a bounded queue, dynamic micro-batching, one dedicated inference thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from models import Level
+
+
+class QueueFull(Exception):
+    """The bounded queue is full: the caller answers 429 with Retry-After."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its result was ready: 504."""
+
+
+@dataclass
+class Result:
+    probabilities: torch.Tensor  # (classes,)
+    level: Level  # the level the whole forward pass ran at
+    queue_s: float
+    forward_s: float
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    x: torch.Tensor  # (C, H, W)
+    future: asyncio.Future[Result]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, Level]]
+Observer = Callable[[int, float], None]  # (batch size, forward seconds)
+
+
+class Engine:
+    """Requests wait in a bounded queue; whatever is waiting when the inference thread frees up
+    (up to `max_batch`) runs as one batch at one Level."""
+
+    def __init__(
+        self,
+        forward: Forward,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        threads: int,
+        on_batch: Observer | None = None,
+    ) -> None:
+        self._forward = forward
+        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(max_queue)
+        self._threads = threads
+        self._executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix="lcs-inference",
+            initializer=torch.set_num_threads,
+            initargs=(threads,),
+        )
+        self._on_batch = on_batch
+        self._task: asyncio.Task[None] | None = None
+        self.in_flight = 0  # accepted requests not yet answered
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="lcs-batcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def run_sync(self, fn: Callable[[], object]) -> object:
+        """Run `fn` on the inference thread (warm-up, profiling): never beside a forward pass."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def infer(self, x: torch.Tensor, timeout_s: float) -> Result:
+        item = _Item(x, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise QueueFull from None
+        self.in_flight += 1
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+        except TimeoutError:
+            item.future.cancel()  # a batch not yet started skips it
+            raise DeadlineExceeded from None
+        finally:
+            self.in_flight -= 1
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            if not batch:
+                continue
+            x = torch.stack([i.x for i in batch])  # (B, C, H, W)
+            start = time.perf_counter()
+            try:
+                probs, level = await loop.run_in_executor(self._executor, self._forward, x)
+            except Exception as e:
+                for i in batch:
+                    if not i.future.done():
+                        i.future.set_exception(e)
+                continue
+            seconds = time.perf_counter() - start
+            if self._on_batch:
+                self._on_batch(len(batch), seconds)
+            for row, i in enumerate(batch):
+                if not i.future.done():
+                    i.future.set_result(
+                        Result(probs[row], level, start - i.enqueued, seconds, len(batch))
+                    )
+
+    async def _collect(self) -> list[_Item]:
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), left))
+            except TimeoutError:
+                break
+        return [i for i in batch if not i.future.cancelled()]

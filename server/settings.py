@@ -1,0 +1,73 @@
+"""The daemon's settings: the one object that reads LCS_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LCS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    checkpoint: Path | None = None  # None: the bundled default model
+    model_name: str | None = None  # OIP v2 model name; default: the architecture
+    operator_token: SecretStr | None = None  # bearer token for PUT /level
+    log_level: str = "info"
+
+    # Inference
+    torch_threads: int | None = Field(None, ge=1)  # default: from the cgroup CPU quota
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    max_batch_wait_ms: float = Field(0.0, ge=0, le=1000)
+    max_queue: int = Field(64, ge=1)
+    request_timeout_s: float = Field(10.0, gt=0)
+    drain_timeout_s: float = Field(20.0, ge=0)
+
+    # Input limits
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_batch_images: int = Field(64, ge=1)
+    cors_origins: list[str] = []  # closed by default
+
+    # Level and controller
+    controller_enabled: bool = True
+    controller_policy: str = "latency_headroom"
+    controller_interval_s: float = Field(0.25, gt=0)
+    latency_target_ms: float = Field(50.0, gt=0)
+    min_alpha: float | None = Field(None, ge=0, le=1)
+    max_alpha: float | None = Field(None, ge=0, le=1)
+    initial_alpha: float | None = Field(None, ge=0, le=1)  # default: the most accurate level
+    profile_levels: int = Field(7, ge=2, le=50)
+
+
+# Options the command line may override; every one also reads LCS_<NAME> from the environment.
+CLI_OPTIONS = {
+    "host": str,
+    "port": int,
+    "checkpoint": str,
+    "log_level": str,
+    "torch_threads": int,
+    "max_batch_size": int,
+    "max_queue": int,
+    "latency_target_ms": float,
+    "controller_policy": str,
+    "drain_timeout_s": float,
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    for name, typ in CLI_OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, type=typ, default=None, help=f"(env LCS_{name.upper()})")
+    p.add_argument("--no-controller", action="store_true", help="(env LCS_CONTROLLER_ENABLED=0)")
+
+
+def from_args(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k) for k in CLI_OPTIONS if getattr(args, k, None) is not None}
+    if getattr(args, "no_controller", False):
+        overrides["controller_enabled"] = False
+    return Settings(**overrides)

@@ -1,0 +1,115 @@
+"""Test helpers: digit images as encoded files, the model's own answer, a live server process."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from models import LevelCompressor, checkpoint
+from models.data import load_digits
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def digits(n: int = 20) -> tuple[list[np.ndarray], list[int]]:
+    d = load_digits()
+    return [d.test.images[i, 0].numpy() for i in range(n)], d.test.labels[:n].tolist()
+
+
+def encode(arr: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    im = Image.fromarray(arr)
+    if mode:
+        im = im.convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
+
+
+def reference_probabilities(
+    arr: np.ndarray, alpha: float, ckpt: Path | None = None
+) -> torch.Tensor:
+    """The bundled model's answer for a 28×28 uint8 digit, computed without the server."""
+    net, meta, _ = checkpoint.load(ckpt)
+    x = torch.from_numpy(arr.astype(np.float32) / 255).view(1, 1, 28, 28)
+    x = (x - meta.mean[0]) / meta.std[0]
+    with torch.inference_mode():
+        return torch.softmax(net(x, LevelCompressor(net)(alpha)), 1)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[LiveServer]:
+    """A real `lcs serve` process on a loopback port, stopped (SIGTERM) on exit."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "LCS_PORT": str(port),
+        "LCS_HOST": "127.0.0.1",
+        "LCS_TORCH_THREADS": "1",
+        **(env or {}),
+    }
+    # Logs go to a file: an undrained pipe would fill up and block the server.
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in the finally below
+        "w+", prefix="lcs-serve-", suffix=".log", delete=False
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = LiveServer(proc, f"http://127.0.0.1:{port}", Path(log.name))
+    try:
+        server.wait_ready(timeout)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
+
+
+class LiveServer:
+    def __init__(self, proc: subprocess.Popen[str], url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.output()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("server did not become ready")
+
+    def output(self) -> str:
+        return self.log.read_text()

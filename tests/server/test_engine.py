@@ -1,0 +1,112 @@
+"""The engine: micro-batches at one level, bounded queue, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+
+from server.engine import DeadlineExceeded, Engine, QueueFull
+
+
+class FakeLevel:
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+
+
+def make_engine(delay: float, **kw):
+    calls: list[int] = []
+    level = {"current": FakeLevel(1.0)}
+
+    def forward(x: torch.Tensor):
+        calls.append(len(x))
+        captured = level["current"]
+        time.sleep(delay)
+        return x.flatten(1) * captured.alpha, captured  # each row stays its own
+
+    opts = {"max_batch": 8, "max_wait_s": 0.0, "max_queue": 64, "threads": 1} | kw
+    return Engine(forward, **opts), calls, level
+
+
+def test_concurrent_requests_are_batched_and_answered_in_order():
+    async def main():
+        engine, calls, _ = make_engine(0.02)
+        engine.start()
+        xs = [torch.full((1, 2, 2), float(i)) for i in range(20)]
+        results = await asyncio.gather(*(engine.infer(x, 5) for x in xs))
+        await engine.stop()
+        return results, calls
+
+    results, calls = asyncio.run(main())
+    assert sum(calls) == 20 and max(calls) > 1 and max(calls) <= 8
+    for i, r in enumerate(results):
+        assert torch.equal(r.probabilities, torch.full((4,), float(i)))
+        assert r.batch_size >= 1
+
+
+def test_a_batch_runs_at_one_level_even_if_it_changes_meanwhile():
+    async def main():
+        engine, _, level = make_engine(0.05)
+        engine.start()
+        tasks = [asyncio.create_task(engine.infer(torch.ones(1, 1, 1), 5)) for _ in range(6)]
+        await asyncio.sleep(0.01)
+        level["current"] = FakeLevel(0.5)  # the switch lands while a batch is running
+        results = await asyncio.gather(*tasks)
+        await engine.stop()
+        return results
+
+    for r in asyncio.run(main()):
+        assert float(r.probabilities[0]) == r.level.alpha  # output and reported level agree
+
+
+def test_queue_full_is_refused():
+    async def main():
+        engine, _, _ = make_engine(0.2, max_queue=2, max_batch=1)
+        engine.start()
+        first = asyncio.create_task(engine.infer(torch.ones(1), 5))
+        await asyncio.sleep(0.05)  # first is running; the queue is empty again
+        queued = [asyncio.create_task(engine.infer(torch.ones(1), 5)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await engine.infer(torch.ones(1), 5)
+        done = await asyncio.gather(first, *queued)
+        await engine.stop()
+        return done
+
+    assert len(asyncio.run(main())) == 3  # everything accepted was answered
+
+
+def test_deadline():
+    async def main():
+        engine, calls, _ = make_engine(0.3, max_batch=1)
+        engine.start()
+        slow = asyncio.create_task(engine.infer(torch.ones(1), 5))
+        await asyncio.sleep(0.01)
+        with pytest.raises(DeadlineExceeded):
+            await engine.infer(torch.ones(1), 0.05)  # waits behind `slow`
+        await slow
+        await asyncio.sleep(0.05)
+        await engine.stop()
+        return calls
+
+    assert asyncio.run(main()) == [1]  # the expired request was never computed
+
+
+def test_forward_runs_on_one_dedicated_thread():
+    names = set()
+
+    def forward(x):
+        names.add(threading.current_thread().name)
+        return x, FakeLevel(1.0)
+
+    async def main():
+        engine = Engine(forward, max_batch=2, max_wait_s=0, max_queue=16, threads=1)
+        engine.start()
+        await asyncio.gather(*(engine.infer(torch.ones(1), 5) for _ in range(10)))
+        await engine.stop()
+
+    asyncio.run(main())
+    assert len(names) == 1 and next(iter(names)).startswith("lcs-inference")
