@@ -3,11 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# System packages the tests drive for real (Prometheus + promtool, stress-ng).
-APT_PACKAGES := prometheus stress-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps serve test lint format bench default-model clean
+.PHONY: setup system-deps serve test lint format bench default-model image-test deploy-check clean
 
 setup: $(STAMP)
 
@@ -19,10 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev]'
 	touch $@
 
+# System packages the tests and benchmarks drive for real: Prometheus + promtool, stress-ng,
+# kubectl (kustomize), hey (load generator).
 system-deps:
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v stress-ng >/dev/null || missing="$$missing stress-ng"; \
+	command -v kubectl >/dev/null || missing="$$missing kubectl"; \
+	command -v hey >/dev/null || missing="$$missing hey"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
@@ -46,6 +48,15 @@ format: setup
 
 bench: setup system-deps
 	$(BIN)/python -m benchmarks.switch_cost
+	$(BIN)/python -m benchmarks.server_load
+
+# Builds the Dockerfile with podman (a local Debian base: no registry here) and runs it.
+image-test: setup
+	bash deploy/container/image-test.sh
+
+# The offline checks of deploy/: kustomize + kubernetes-validate, promtool, dashboard.
+deploy-check: setup system-deps
+	$(BIN)/pytest -q tests/deploy
 
 # Reproduces the bundled default model (about 4 minutes on 2 cores).
 default-model: setup
