@@ -113,3 +113,43 @@ class LiveServer:
 
     def output(self) -> str:
         return self.log.read_text()
+
+
+def make_checkpoint(
+    path: Path, arch: str, family: str = "structured", kind: str = "point", seed: int = 0
+) -> Path:
+    """A checkpoint with random weights (no accuracy), for serving tests of larger networks."""
+    from models import SubspaceSpec, create_model
+    from models.networks import ARCHITECTURES
+
+    torch.manual_seed(seed)
+    spec = SubspaceSpec(family, kind)
+    net = create_model(arch, spec, num_classes=10)
+    c, _, _ = ARCHITECTURES[arch].input_size
+    meta = checkpoint.Metadata(
+        arch=arch,
+        family=family,
+        kind=kind,
+        calculator=spec.calc.to_dict(),
+        num_classes=10,
+        class_names=[str(i) for i in range(10)],
+        input_size=list(ARCHITECTURES[arch].input_size),
+        mean=[0.5] * c,
+        std=[0.25] * c,
+        dataset="random",
+    )
+    checkpoint.save(path, net, meta)
+    return path
+
+
+def drive(url: str, png: bytes, seconds: float) -> list[tuple[float, float, float]]:
+    """Sequential requests for `seconds`: (time sent, latency s, α that served it)."""
+    out = []
+    end = time.monotonic() + seconds
+    with httpx.Client(base_url=url, timeout=30) as c:
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            r = c.post("/predict", content=png, headers={"content-type": "image/png"})
+            assert r.status_code == 200, r.text
+            out.append((t0, time.monotonic() - t0, r.json()["level"]["alpha"]))
+    return out
