@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps serve test lint format bench default-model image-test deploy-check clean
+.PHONY: setup system-deps serve test lint format bench soak default-model image-test deploy-check clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,11 @@ format: setup
 bench: setup system-deps
 	$(BIN)/python -m benchmarks.switch_cost
 	$(BIN)/python -m benchmarks.server_load
+	$(BIN)/python -m benchmarks.adaptation
+
+# Not in CI: sustained load with level changes; resident memory growth and errors.
+soak: setup system-deps
+	$(BIN)/python -m benchmarks.soak --minutes 5
 
 # Builds the Dockerfile with podman (a local Debian base: no registry here) and runs it.
 image-test: setup

@@ -15,7 +15,10 @@ pytestmark = pytest.mark.integration
 
 
 def query(url: str, expr: str) -> list[dict]:
-    r = httpx.get(url + "/api/v1/query", params={"query": expr}, timeout=5)
+    try:
+        r = httpx.get(url + "/api/v1/query", params={"query": expr}, timeout=5)
+    except httpx.HTTPError:  # not listening yet
+        return []
     return r.json()["data"]["result"] if r.status_code == 200 else []
 
 

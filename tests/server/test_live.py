@@ -120,8 +120,9 @@ def test_sigterm_during_load_answers_every_accepted_request(images):
         log = srv.output()
     assert code == 0, log[-2000:]
     # Every request the server accepted (and so logged) reached its client as a response.
-    # A connection still in the kernel's backlog when the listener closes is reset before
-    # the server reads it: never accepted, safe to retry, and not in the log.
+    # A connection whose request the server had not read yet when it shut down (still in the
+    # kernel's backlog, or accepted but unparsed) is closed: never accepted, not in the log,
+    # safe to retry. The count below proves no request the server did accept went unanswered.
     import json
 
     logged = [json.loads(x) for x in log.splitlines() if x.startswith("{")]
@@ -129,7 +130,8 @@ def test_sigterm_during_load_answers_every_accepted_request(images):
     answered = [o for o in outcomes if o.startswith("http")]
     assert len(accepted) == len(answered), (len(accepted), len(answered))
     assert outcomes.count("http 200") > 10
-    assert set(outcomes) <= {"http 200", "http 503", "refused", "broken ReadError"}
+    unread = {"broken ReadError", "broken RemoteProtocolError"}
+    assert set(outcomes) <= {"http 200", "http 503", "refused"} | unread
 
 
 def test_bad_checkpoint_refuses_to_start_with_one_message(tmp_path):
