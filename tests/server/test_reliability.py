@@ -30,7 +30,7 @@ def test_hostile_corpus_gets_predictions_or_clear_4xx_with_bounded_memory():
     cases = corpus()
     with live_server({"LCS_CONTROLLER_ENABLED": "0"}) as srv:
         proc = psutil.Process(srv.proc.pid)
-        for name, body, ctype, expected in cases:  # warm every code path once
+        for _name, body, ctype, _expected in cases:  # warm every code path once
             post(srv.url, body, ctype)
         rss0 = proc.memory_info().rss
         for _ in range(3):
