@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps serve test lint format bench soak default-model image-test deploy-check clean
+.PHONY: setup system-deps serve test lint format bench soak fuzz default-model image-test deploy-check clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,10 @@ bench: setup system-deps
 	$(BIN)/python -m benchmarks.switch_cost
 	$(BIN)/python -m benchmarks.server_load
 	$(BIN)/python -m benchmarks.adaptation
+
+# A longer fuzzing run than CI's (about 6 000 generated requests).
+fuzz: setup
+	LCS_FUZZ_EXAMPLES=250 $(BIN)/pytest -q tests/server/test_fuzz.py
 
 # Not in CI: sustained load with level changes; resident memory growth and errors.
 soak: setup system-deps

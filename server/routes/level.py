@@ -43,7 +43,7 @@ async def get_level(rt: RuntimeDep) -> dict[str, Any]:
     return describe(rt)
 
 
-@router.put("/level", responses={401: {}, 403: {}, 422: {}})
+@router.put("/level", responses={400: {}, 401: {}, 403: {}, 422: {}})
 async def put_level(body: LevelPolicy, rt: RuntimeDep, who: OperatorDep) -> dict[str, Any]:
     policy = to_operator_policy(rt, body, who)
     log.info("operator policy", extra={"who": who, "why": body.reason, **policy.describe()})

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from fastapi import APIRouter, HTTPException
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from server.preprocess import ImageError
@@ -17,6 +19,8 @@ from server.routes.predict import infer
 from server.runtime import Runtime
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+# The bundled model's name, as the schema's example (clients and fuzzers start from it).
+ModelName = Annotated[str, PathParam(examples=["small_cnn"], max_length=128)]
 
 
 class InferInput(BaseModel):
@@ -47,7 +51,7 @@ async def ready(rt: ReadyDep) -> dict[str, bool]:
 
 
 @router.get("/models/{name}", responses={404: {}})
-async def model_metadata(name: str, rt: RuntimeDep) -> dict[str, Any]:
+async def model_metadata(name: ModelName, rt: RuntimeDep) -> dict[str, Any]:
     _check_name(rt, name)
     meta = rt.slot.meta
     return {
@@ -69,16 +73,19 @@ async def model_metadata(name: str, rt: RuntimeDep) -> dict[str, Any]:
 
 
 @router.get("/models/{name}/ready", responses={404: {}, 503: {}})
-async def model_ready(name: str, rt: ReadyDep) -> dict[str, Any]:
+async def model_ready(name: ModelName, rt: ReadyDep) -> dict[str, Any]:
     _check_name(rt, name)
     return {"name": rt.model_name, "ready": True}
 
 
-@router.post("/models/{name}/infer", responses={400: {}, 404: {}, 422: {}, 429: {}, 503: {}})
-async def model_infer(name: str, body: InferRequest, rt: ReadyDep) -> dict[str, Any]:
+@router.post(
+    "/models/{name}/infer",
+    responses={400: {}, 404: {}, 413: {}, 422: {}, 429: {}, 503: {}, 504: {}},
+)
+async def model_infer(name: ModelName, body: InferRequest, rt: ReadyDep) -> dict[str, Any]:
     _check_name(rt, name)
     images = _images(rt, body.inputs[0])
-    results = [await infer(rt, x) for x in images]
+    results = await asyncio.gather(*(infer(rt, x) for x in images))  # they batch together
     probs = torch.stack([r.probabilities for r in results])
     levels = {r.level.alpha for r in results}
     return {
@@ -103,7 +110,11 @@ def _check_name(rt: Runtime, name: str) -> None:
 
 
 def _images(rt: Runtime, inp: InferInput) -> list[torch.Tensor]:
+    if not inp.data:
+        raise HTTPException(422, "the input holds no data")
     if inp.datatype == "BYTES":
+        if len(inp.data) > rt.settings.max_batch_images:
+            raise HTTPException(422, f"at most {rt.settings.max_batch_images} images per request")
         out = []
         for i, item in enumerate(inp.data):
             try:
@@ -115,7 +126,7 @@ def _images(rt: Runtime, inp: InferInput) -> list[torch.Tensor]:
                 raise HTTPException(e.status, f"input {i}: {e}") from None
         return out
     want = list(rt.slot.meta.input_size)
-    if len(inp.shape) != 4 or inp.shape[1:] != want or inp.shape[0] < 1:
+    if len(inp.shape) != 4 or inp.shape[1:] != want or not 1 <= inp.shape[0] <= 1024:
         raise HTTPException(422, f"FP32 input must have shape [N, {', '.join(map(str, want))}]")
     if len(inp.data) != math.prod(inp.shape):
         raise HTTPException(
