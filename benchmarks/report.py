@@ -1,0 +1,245 @@
+"""Writes BENCHMARKS.md and its PNG plots from benchmarks/results/*.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.common import RESULTS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PLOTS = RESULTS / "plots"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def switch_section(d: dict[str, Any]) -> str:
+    rows = [
+        [
+            r["arch"],
+            r["family"],
+            r["kind"],
+            r["switch_ms"],
+            r["interpolate_ms"],
+            r["forward_ms"],
+            r["switch_per_forward"],
+            r.get("target_ms", ""),
+        ]
+        for r in d["rows"]
+    ]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    r18 = [r for r in d["rows"] if r["arch"] == "resnet18"]
+    ax.bar([f"{r['family'][:5]}\n{r['kind']}" for r in r18], [r["switch_ms"] for r in r18])
+    ax.set_yscale("log")
+    ax.set_ylabel("switch time (ms, log)")
+    ax.set_title("ResNet18: cost of a level switch")
+    fig.tight_layout()
+    fig.savefig(PLOTS / "switch_cost.png")
+    plt.close(fig)
+    return (
+        "## Switch cost\n\n`python -m benchmarks.switch_cost` (1 thread). Time to compress the "
+        "subspace to a new level, median of repeated random switches, against one forward "
+        "pass (batch 1) at that level.\n\n"
+        + table(
+            [
+                "arch",
+                "family",
+                "kind",
+                "switch ms",
+                "of which ω*(α) ms",
+                "forward ms",
+                "switch / forward",
+                "target ms",
+            ],
+            rows,
+        )
+        + "\n\n![switch cost](benchmarks/results/plots/switch_cost.png)\n"
+    )
+
+
+def speedup_section(d: dict[str, Any]) -> str:
+    rows = [
+        [
+            r["arch"],
+            r["batch"],
+            r["threads"],
+            r["width"],
+            r["gmacs"],
+            r["median_ms"],
+            r["speedup"],
+            r["mac_ratio"],
+            f"{100 * r['share_of_limit']:.0f} %",
+        ]
+        for r in d["rows"]
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for ax, arch in zip(axes, ("resnet18", "cpreresnet20"), strict=True):
+        sel = [r for r in d["rows"] if r["arch"] == arch]
+        for batch in sorted({r["batch"] for r in sel}):
+            for threads in sorted({r["threads"] for r in sel}):
+                pts = [r for r in sel if r["batch"] == batch and r["threads"] == threads]
+                ax.plot(
+                    [r["width"] for r in pts],
+                    [r["speedup"] for r in pts],
+                    "o-",
+                    label=f"batch {batch}, {threads} thr",
+                )
+        pts = [
+            r for r in sel if r["batch"] == sel[0]["batch"] and r["threads"] == sel[0]["threads"]
+        ]
+        ax.plot(
+            [r["width"] for r in pts],
+            [r["mac_ratio"] for r in pts],
+            "k--",
+            label="MAC ratio (limit)",
+        )
+        ax.set_xlabel("width γ")
+        ax.set_ylabel("speed-up over width 1.0")
+        ax.set_title(arch)
+        ax.invert_xaxis()
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "speedup.png")
+    plt.close(fig)
+    return (
+        "## Speed-up against the physical limit\n\n`python -m benchmarks.speedup`. Latency "
+        "of the structured network at each width (median of 5), against the ratio of "
+        "multiply-accumulates. The paper measured 7.6× for ResNet18 from width 1.0 to 0.25.\n\n"
+        + table(
+            [
+                "arch",
+                "batch",
+                "threads",
+                "width",
+                "GMAC",
+                "ms",
+                "speed-up",
+                "MAC ratio",
+                "of limit",
+            ],
+            rows,
+        )
+        + "\n\n![speed-up](benchmarks/results/plots/speedup.png)\n"
+    )
+
+
+def server_section(d: dict[str, Any]) -> str:
+    rows = [
+        [r["gamma"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
+        for r in d["rows"]
+    ]
+    split = [
+        [g, s["total"], s["decode"], s["queue"], s["forward"], s["http_and_framework"]]
+        for g, s in d["split_ms"].items()
+    ]
+    return (
+        "## Server throughput and latency\n\n`python -m benchmarks.server_load`: the default "
+        "model, `hey` on the same 2 cores as the server (it takes a share of the CPU), "
+        f"{d['threads']} torch threads, raw PNG bodies.\n\n"
+        + table(["γ", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+        + "\n\nWhere a request's time goes at concurrency 1 (medians, ms):\n\n"
+        + table(["γ", "total", "decode", "queue", "forward", "HTTP + framework"], split)
+        + "\n"
+    )
+
+
+def adaptation_section(d: dict[str, Any]) -> str:
+    rows = [
+        [
+            r["model"],
+            r["burners"],
+            r["mode"],
+            r["target_ms"],
+            r["p50_ms"],
+            r["p99_ms"],
+            f"{100 * r['over_target']:.1f} %",
+            r["mean_alpha"],
+            f"{100 * r['accuracy']:.1f} %" if "accuracy" in r else "n/a",
+        ]
+        for r in d["rows"]
+    ]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    labels = [f"{r['model']}\ncpu {r['burners']}\n{r['mode']}" for r in d["rows"]]
+    ax.bar(
+        labels,
+        [100 * r["over_target"] for r in d["rows"]],
+        color=["tab:green" if r["mode"] == "adaptive" else "tab:red" for r in d["rows"]],
+    )
+    ax.set_ylabel("requests over target (%)")
+    ax.tick_params(axis="x", labelsize=6)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "adaptation.png")
+    plt.close(fig)
+    return (
+        "## Adaptation under contention\n\n`python -m benchmarks.adaptation`: sequential "
+        "requests for 15 s under `stress-ng --cpu N`, the adaptive daemon against the same "
+        "daemon pinned at full accuracy, 1 torch thread. Target = 1.6× the idle full-width "
+        "latency; the first 3 s (reaction time) are left out. Accuracy is the held-out "
+        "accuracy of the levels that served (the ResNet18-shaped model has random weights: "
+        "n/a).\n\n"
+        + table(
+            [
+                "model",
+                "burners",
+                "mode",
+                "target ms",
+                "p50 ms",
+                "p99 ms",
+                "over target",
+                "mean α",
+                "accuracy",
+            ],
+            rows,
+        )
+        + "\n\n![adaptation](benchmarks/results/plots/adaptation.png)\n"
+    )
+
+
+def main() -> None:
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    parts = [
+        "# Benchmarks\n\nGenerated by `python -m benchmarks.report` from "
+        "`benchmarks/results/*.json` (`make bench` runs everything). Medians; the machine "
+        "is noisy (±30 %), so compare ratios within one table, not across days.\n"
+    ]
+    machine = None
+    for name, section in (
+        ("switch_cost", switch_section),
+        ("speedup", speedup_section),
+        ("server_load", server_section),
+        ("adaptation", adaptation_section),
+    ):
+        d = load(name)
+        if d is not None:
+            machine = machine or d["machine"]
+            parts.append(section(d))
+    if machine:
+        parts.insert(
+            1,
+            f"Machine: {machine['cores']} cores, {machine['cpu']}, torch "
+            f"{machine['torch']}, Python {machine['python']}.\n",
+        )
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
+    print("wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
