@@ -9,9 +9,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from benchmarks.common import RESULTS  # noqa: E402
+from benchmarks.common import RESULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS = RESULTS / "plots"
