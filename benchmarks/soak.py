@@ -25,8 +25,6 @@ def main(argv: list[str] | None = None) -> None:
     body.write_bytes(encode(digits(1)[0][0]))
     with live_server({"LCS_LOG_LEVEL": "warning", "LCS_MAX_QUEUE": "256"}) as srv:
         proc = psutil.Process(srv.proc.pid)
-        hey(srv.url + "/predict", body, args.concurrency, 3000)  # warm-up
-        rss0 = proc.memory_info().rss
         stop = threading.Event()
 
         def switch_levels() -> None:  # the operator flips the level every 200 ms
@@ -40,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
 
         switcher = threading.Thread(target=switch_levels)
         switcher.start()
+        # Warm-up under the same conditions (level changes included), then the baseline.
+        hey(srv.url + "/predict", body, args.concurrency, 5000)
+        rss0 = proc.memory_info().rss
         rounds, end = [], time.monotonic() + 60 * args.minutes
         while time.monotonic() < end:
             r = hey(srv.url + "/predict", body, args.concurrency, 5000)

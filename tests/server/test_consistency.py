@@ -1,0 +1,83 @@
+"""Thousands of concurrent requests while the controller's callback moves the level every 2 ms:
+each response's prediction equals the model's own output at the level the response reports."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+import torch
+
+from models import LevelCompressor, checkpoint
+from server import control, wiring
+from server.app import create_app
+from server.settings import Settings
+from tests.helpers import digits, encode
+
+REQUESTS = 2000
+
+
+async def scenario() -> tuple[list[tuple[int, dict]], int]:
+    settings = Settings(controller_enabled=False, torch_threads=1, max_queue=REQUESTS)
+    app = create_app(settings)
+    rt = await wiring.start(settings, app.state.metrics)
+    app.state.runtime = rt
+    arrs, _ = digits(16)
+    pngs = [encode(a) for a in arrs]
+    grid = rt.slot.calc.grid(7)
+    stop = asyncio.Event()
+    moves = 0
+
+    async def controller_moves() -> None:  # what the controller does on a decision
+        nonlocal moves
+        rng = random.Random(0)
+        while not stop.is_set():
+            control._on_level(rt, rng.choice(grid), "test")
+            moves += 1
+            await asyncio.sleep(0.002)
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[int, dict]:
+        j = i % len(pngs)
+        r = await client.post("/predict", content=pngs[j], headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        return j, r.json()
+
+    mover = asyncio.create_task(controller_moves())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://lcs") as client:
+        sem = asyncio.Semaphore(64)
+
+        async def bounded(i: int) -> tuple[int, dict]:
+            async with sem:
+                return await one(client, i)
+
+        results = await asyncio.gather(*(bounded(i) for i in range(REQUESTS)))
+    stop.set()
+    await mover
+    await wiring.stop(rt)
+    return results, moves
+
+
+def test_no_response_mixes_levels():
+    results, moves = asyncio.run(scenario())
+    arrs, _ = digits(16)
+    net, meta, _ = checkpoint.load()
+    levels = LevelCompressor(net, cache=True)
+    refs: dict[tuple[int, float], torch.Tensor] = {}
+    mismatches, seen = 0, set()
+    for j, body in results:
+        alpha = body["level"]["alpha"]
+        seen.add(alpha)
+        if (j, alpha) not in refs:
+            x = torch.from_numpy(arrs[j]).float().view(1, 1, 28, 28) / 255 - meta.mean[0]
+            x = x / meta.std[0]
+            with torch.inference_mode():
+                refs[(j, alpha)] = torch.softmax(net(x, levels(alpha)), 1)[0]
+        ref = refs[(j, alpha)]
+        top = body["predictions"][0]
+        mismatches += (
+            top["index"] != int(ref.argmax()) or abs(top["probability"] - float(ref.max())) > 1e-4
+        )
+    assert len(results) == REQUESTS and moves > 50 and len(seen) >= 5
+    assert mismatches == 0
