@@ -213,6 +213,26 @@ def adaptation_section(d: dict[str, Any]) -> str:
     )
 
 
+def overhead_section(d: dict[str, Any]) -> str:
+    return (
+        "## Controller overhead\n\n`python -m benchmarks.controller_overhead`: the controller "
+        "alone in a process with real sensors and the default policy, for "
+        f"{d['wall_s']:.0f} s: one iteration takes {d['step_median_ms']:.3f} ms; at the "
+        f"{d['interval_s']} s default interval it uses {100 * d['core_share']:.2f} % of one "
+        "core (goal: under 1 %).\n"
+    )
+
+
+def soak_section(d: dict[str, Any]) -> str:
+    n = sum(r["requests"] for r in d["rounds"])
+    return (
+        "## Soak\n\n`make soak`: concurrency 32 with the level changed every 200 ms, "
+        f"{len(d['rounds'])} rounds of `hey`, {n} requests, {d['errors']} errors. Resident "
+        f"memory after warm-up {d['rss_start_mb']:.1f} MB → {d['rss_end_mb']:.1f} MB "
+        f"({100 * d['growth']:+.1f} %; goal under 10 %).\n"
+    )
+
+
 def main() -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
     parts = [
