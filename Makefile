@@ -47,9 +47,15 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 bench: setup system-deps
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python -m benchmarks.switch_cost
+	$(BIN)/python -m benchmarks.speedup
 	$(BIN)/python -m benchmarks.server_load
+	$(BIN)/python -m benchmarks.peers_compare
 	$(BIN)/python -m benchmarks.adaptation
+	$(BIN)/python -m benchmarks.memory
+	$(BIN)/python -m benchmarks.controller_overhead
+	$(BIN)/python -m benchmarks.report
 
 # A longer fuzzing run than CI's (about 6 000 generated requests).
 fuzz: setup

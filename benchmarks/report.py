@@ -233,6 +233,59 @@ def soak_section(d: dict[str, Any]) -> str:
     )
 
 
+def peers_section(d: dict[str, Any]) -> str:
+    rows = [
+        [r["server"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
+        for r in d["rows"]
+    ]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    for name in dict.fromkeys(r["server"] for r in d["rows"]):
+        pts = [r for r in d["rows"] if r["server"] == name]
+        ax.plot([r["concurrency"] for r in pts], [r["rps"] for r in pts], "o-", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrency")
+    ax.set_ylabel("requests/s")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(PLOTS / "peers.png")
+    plt.close(fig)
+    return (
+        "## Against the servers users would pick instead\n\n`python -m benchmarks."
+        "peers_compare`: the default model at full width behind this daemon (controller "
+        "off), a plain FastAPI + uvicorn server with one forward pass per request "
+        "(`benchmarks/peers/plain_server.py`) and LitServe with its defaults "
+        f"(`benchmarks/peers/litserve_server.py`); the same multipart PNG, `hey`, "
+        f"{d['requests']} requests per row, one run. TorchServe was not tried.\n\n"
+        + table(["server", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+        + "\n\n![peers](benchmarks/results/plots/peers.png)\n"
+    )
+
+
+def memory_section(d: dict[str, Any]) -> str:
+    rows = [
+        [
+            r["arch"],
+            r["family"],
+            r["kind"],
+            r["weights_mb"],
+            min(x["rss_mb"] for x in r["levels"]),
+            max(x["rss_mb"] for x in r["levels"]),
+        ]
+        for r in d["rows"]
+    ]
+    return (
+        "## Memory\n\n`python -m benchmarks.memory`: resident set of a process holding the "
+        "subspace (random weights) after a forward pass at each of 7 levels, with the "
+        'serving caches on. The line subspace\'s cost over the point one is the "weights" '
+        "column: structured LCS+L duplicates only the norms. Unstructured point keeps |w| "
+        "sorted (one more copy); quantization caches all six bit widths.\n\n"
+        + table(
+            ["arch", "family", "kind", "weights MB", "min resident MB", "max resident MB"], rows
+        )
+        + "\n"
+    )
+
+
 def main() -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
     parts = [

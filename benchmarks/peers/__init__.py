@@ -1,0 +1,1 @@
+"""The servers users would pick instead, serving the same model for comparison."""
