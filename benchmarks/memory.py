@@ -36,7 +36,7 @@ print(json.dumps({"arch": arch, "family": family, "kind": kind, "python_torch_mb
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--arch", default="resnet18", choices=["resnet18", "small_cnn"])
     args = p.parse_args(argv)
     rows = []
     for family in ("structured", "unstructured", "quantization"):

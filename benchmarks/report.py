@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt
 
 from benchmarks.common import RESULTS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(os.environ.get("LCS_BENCH_REPORT_DIR", Path(__file__).resolve().parent.parent))
 PLOTS = RESULTS / "plots"
 
 
@@ -299,6 +300,10 @@ def main() -> None:
         ("speedup", speedup_section),
         ("server_load", server_section),
         ("adaptation", adaptation_section),
+        ("peers", peers_section),
+        ("memory", memory_section),
+        ("controller_overhead", overhead_section),
+        ("soak", soak_section),
     ):
         d = load(name)
         if d is not None:
