@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,9 +51,29 @@ def start(name: str, port: int) -> subprocess.Popen[bytes]:
         ],
         "litserve": [sys.executable, "-m", "benchmarks.peers.litserve_server", "--port", str(port)],
     }[name]
+    # Its own session: LitServe's worker processes outlive a signal to its main process alone.
     return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the whole process group, then SIGKILL whatever is left of it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            continue
+        time.sleep(1.0)  # the group's other members exit after the main process
 
 
 def wait(url: str, path: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
@@ -97,8 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
         finally:
-            proc.terminate()
-            proc.wait(30)
+            stop(proc)
     print("saved", save("peers", {"rows": rows, "requests": args.requests}))
 
 

@@ -3,39 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 
-from benchmarks.common import save, timed
+from benchmarks.common import save
 from models import ARCHITECTURES, LevelCompressor, SubspaceSpec, create_model
 from models.profile import TABLE2_WIDTHS, count_macs
 
 
 def measure(arch: str, batch: int, threads: int, repeats: int) -> list[dict[str, float]]:
+    """Widths are timed in turn within each repeat, and the speed-up is the median of the
+    per-repeat ratios: a noisy neighbour then slows both ends of a ratio alike."""
     torch.set_num_threads(threads)
     net = create_model(arch, SubspaceSpec("structured")).eval().requires_grad_(False)
     levels = LevelCompressor(net, cache=True)
     size = ARCHITECTURES[arch].input_size
     x = torch.randn(batch, *size)
+    compressed = [levels(net.spec.calc.alpha(w)) for w in TABLE2_WIDTHS]
+    times: list[list[float]] = [[] for _ in TABLE2_WIDTHS]
+    with torch.inference_mode():
+        for lv in compressed:
+            net(x, lv)  # warm-up
+        for _ in range(repeats):
+            for i, lv in enumerate(compressed):
+                t0 = time.perf_counter()
+                net(x, lv)
+                times[i].append(1e3 * (time.perf_counter() - t0))
     rows = []
-    for width in TABLE2_WIDTHS:
-        level = levels(net.spec.calc.alpha(width))
-        with torch.inference_mode():
-            t = timed(lambda lv=level: net(x, lv), repeats, warmup=1)
+    for width, lv, ts in zip(TABLE2_WIDTHS, compressed, times, strict=True):
+        ratios = [a / b for a, b in zip(times[0], ts, strict=True)]
         rows.append(
             {
                 "arch": arch,
                 "batch": batch,
                 "threads": threads,
                 "width": width,
-                "gmacs": count_macs(net, level, size) / 1e9,
-                **t,
+                "gmacs": count_macs(net, lv, size) / 1e9,
+                "median_ms": statistics.median(ts),
+                "speedup": statistics.median(ratios),
+                "speedup_min": min(ratios),
+                "speedup_max": max(ratios),
             }
         )
-    full = rows[0]
     for r in rows:
-        r["speedup"] = full["median_ms"] / r["median_ms"]
-        r["mac_ratio"] = full["gmacs"] / r["gmacs"]
+        r["mac_ratio"] = rows[0]["gmacs"] / r["gmacs"]
         r["share_of_limit"] = r["speedup"] / r["mac_ratio"]
     return rows
 
@@ -45,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--archs", nargs="+", default=["resnet18", "cpreresnet20"])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args(argv)
     rows = []
     for arch in args.archs:
@@ -57,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"{arch:13} batch {batch:3} threads {threads}: width 1.0 "
                     f"{part[0]['median_ms']:8.2f} ms → 0.25 {last['median_ms']:7.2f} ms = "
-                    f"{last['speedup']:5.2f}× (MAC ratio {last['mac_ratio']:5.2f}×, "
+                    f"{last['speedup']:5.2f}× [{last['speedup_min']:.2f}–"
+                    f"{last['speedup_max']:.2f}] (MAC ratio {last['mac_ratio']:5.2f}×, "
                     f"{100 * last['share_of_limit']:3.0f} % of the limit)",
                     flush=True,
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -48,7 +49,9 @@ class ResNet18(SubspaceNet):
 
     def forward(self, x: Tensor, level: Level) -> Tensor:  # (B, 3, 224, 224) -> (B, classes)
         x = F.relu(self.norm1(self.conv1(x, level), level))
-        x = F.max_pool2d(x, 3, 2, 1)
+        # PyTorch's CPU max-pool is 5-8x faster on channels_last than on NCHW (measured for
+        # (32, 16..64, 112, 112)); the layout round trip costs less than it saves.
+        x = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, 2, 1).contiguous()
         for block in self.blocks:
             x = block(x, level)
         return self.fc(x.mean((2, 3)), level)

@@ -44,6 +44,10 @@ def test_script_runs_and_saves_results(name, results):
     saved = {"peers_compare": "peers"}.get(name, name)
     data = json.loads((results / f"{saved}.json").read_text())
     assert data["machine"]["cores"] >= 1
+    leftover = subprocess.run(
+        ["pgrep", "-f", "benchmarks.peers|multiprocessing.spawn"], capture_output=True, text=True
+    ).stdout.split()
+    assert not leftover, f"{name} left processes behind: {leftover}"
 
 
 def test_report_renders_what_was_saved(results, tmp_path):
