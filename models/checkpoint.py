@@ -37,10 +37,11 @@ class Metadata:
     dataset: str = ""
     accuracy: list[dict[str, float]] = field(default_factory=list)  # {alpha, gamma, accuracy}
     training: dict[str, Any] = field(default_factory=dict)
+    norm: str = "group"  # "batch" only in baseline checkpoints (benchmarks/accuracy)
 
     @property
     def spec(self) -> SubspaceSpec:
-        return SubspaceSpec(self.family, self.kind, Calculator(**self.calculator))
+        return SubspaceSpec(self.family, self.kind, Calculator(**self.calculator), self.norm)
 
 
 def content_hash(tensors: dict[str, torch.Tensor]) -> str:

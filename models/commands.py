@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import fields
 
-from models.levels import FAMILIES, KINDS
+from models.levels import FAMILIES, KINDS, NORMS
 from models.networks import ARCHITECTURES
 
 
@@ -24,8 +24,18 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shift", type=int, default=2, help="random-shift augmentation in pixels")
     p.add_argument("--act-quant-start", type=float, default=0.5)
+    p.add_argument("--prune-warmup", type=float, default=0.8, help="unstructured: dense ramp")
     p.add_argument("--line-beta", type=float, default=0.0)
     p.add_argument("--max-train", type=int, help="use at most this many training images")
+    p.add_argument("--norm", default="group", choices=NORMS, help="batch: baselines only")
+    p.add_argument(
+        "--train-gammas",
+        type=float,
+        nargs="+",
+        default=(),
+        metavar="γ",
+        help="baselines: train at these levels every step instead of sampling the subspace",
+    )
     p.add_argument("--out", default="runs/model.safetensors")
     p.add_argument("--resume", action="store_true", help="continue from OUT's .state.pt")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
@@ -41,7 +51,8 @@ def run_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     names = {f.name for f in fields(TrainConfig)}
     try:
-        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+        given = {k: v for k, v in vars(args).items() if k in names}
+        cfg = TrainConfig(**given | {"train_gammas": tuple(args.train_gammas)})
         path = train(cfg, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as e:
         print(f"lcs train: {e}", file=sys.stderr)

@@ -122,6 +122,34 @@ class SNorm(SubspaceLayer):
         return F.group_norm(x, p.groups, p.weight, p.bias, 1e-5)
 
 
+class SBatchNorm(SNorm):
+    """BatchNorm, for the baselines only: its running statistics are what compression corrupts
+    and what Network/Universal Slimming must recalibrate (§3.5). Structured compression slices
+    them with the channels; nothing recalibrates them."""
+
+    def __init__(self, channels: int, momentum: float = 0.1) -> None:
+        super().__init__(channels, 1, line=False)
+        self.momentum = momentum
+        self.running_mean: Tensor
+        self.running_var: Tensor
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: Tensor, level: Level) -> Tensor:
+        p = level[self.key]
+        k = p.weight.shape[0]  # kept channels; slices are views, so training updates the buffers
+        return F.batch_norm(
+            x,
+            self.running_mean[:k],
+            self.running_var[:k],
+            p.weight,
+            p.bias,
+            self.training,
+            self.momentum,
+            1e-5,
+        )
+
+
 @torch.no_grad()
 def _observe_(act_range: Tensor, x: Tensor) -> None:
     lo, hi = x.min(), x.max()

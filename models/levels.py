@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 FAMILIES = ("structured", "unstructured", "quantization")
 KINDS = ("point", "line")
+# GroupNorm/InstanceNorm is the method (§3.5); BatchNorm exists only to train the baselines.
+NORMS = ("group", "batch")
 
 # Quantization trains bit widths 3..8 on the grid α ∈ {1/6, …, 1} (paper §3.4).
 _QUANT_STEPS = 6
@@ -105,12 +107,17 @@ class SubspaceSpec:
     family: str
     kind: str = "point"
     calculator: Calculator | None = None
+    norm: str = "group"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; choose one of {FAMILIES}")
         if self.kind not in KINDS:
             raise ValueError(f"unknown subspace kind {self.kind!r}; choose one of {KINDS}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
+        if self.norm == "batch" and self.kind == "line":
+            raise ValueError("BatchNorm is for point-subspace baselines only")
         if self.calculator is None:
             object.__setattr__(self, "calculator", Calculator.default(self.family))
         elif self.calculator.family != self.family:

@@ -81,8 +81,8 @@ class LevelCompressor:
             self._levels[alpha] = self._compress(alpha)
         return self._levels[alpha]
 
-    def _compress(self, alpha: float) -> Level:
-        gamma = self.spec.calc.gamma(alpha)
+    def _compress(self, alpha: float, gamma: float | None = None) -> Level:
+        gamma = self.spec.calc.gamma(alpha) if gamma is None else gamma
         handler = HANDLERS[self.spec.family]
         ctx = dict(self._ctx, act_quant=bool(self.net.act_quant_enabled))
         params = {}
@@ -92,6 +92,11 @@ class LevelCompressor:
         return Level(alpha, gamma, self.spec.family, self.spec.kind, params)
 
 
-def compress(net: SubspaceNet, alpha: float) -> Level:
-    """f(ω*(α), γ(α)) for `net`, differentiable (training); servers use a cached LevelCompressor."""
-    return LevelCompressor(net)(alpha)
+def compress(net: SubspaceNet, alpha: float, gamma: float | None = None) -> Level:
+    """f(ω*(α), γ(α)) for `net`, differentiable (training); servers use a cached LevelCompressor.
+
+    `gamma` overrides γ(α) at the same ω*(α): training's dense warm-up prunes less than γ(α)."""
+    compressor = LevelCompressor(net)
+    if gamma is None:
+        return compressor(alpha)
+    return compressor._compress(net.spec.calc.clamp(alpha), gamma)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from models.layers import SConv2d, SLinear, SNorm, SubspaceLayer
+from models.layers import SBatchNorm, SConv2d, SLinear, SNorm, SubspaceLayer
 from models.levels import SubspaceSpec
 
 if TYPE_CHECKING:
@@ -47,7 +47,8 @@ class SubspaceNet(nn.Module):
 class LayerFactory:
     """Builds layers for one subspace spec, so architectures never branch on family or kind."""
 
-    def __init__(self, spec: SubspaceSpec, norm_groups: int = 8) -> None:
+    def __init__(self, spec: SubspaceSpec, norm_groups: int | None = 8) -> None:
+        """`norm_groups=None`: one group per channel (InstanceNorm) in every family."""
         self.spec = spec
         self.norm_groups = norm_groups
 
@@ -63,7 +64,12 @@ class LayerFactory:
         )
 
     def norm(self, channels: int) -> SNorm:
-        groups = self.norm_groups if channels % self.norm_groups == 0 else 1
+        if self.spec.norm == "batch":
+            return SBatchNorm(channels)
+        if self.norm_groups is None:
+            groups = channels
+        else:
+            groups = self.norm_groups if channels % self.norm_groups == 0 else 1
         return SNorm(channels, groups, line=self.spec.line_norms)
 
     def linear(self, cin: int, cout: int) -> SLinear:

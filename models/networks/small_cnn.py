@@ -22,7 +22,10 @@ class SmallCNN(SubspaceNet):
 
     def __init__(self, spec: SubspaceSpec, num_classes: int = 10, in_channels: int = 1) -> None:
         super().__init__(spec, num_classes, in_channels)
-        f = LayerFactory(spec)
+        # InstanceNorm in every family, not GroupNorm(8): on the digits, unstructured LCS+P
+        # with 8 groups reached 93.9 % dense and 84.7 % at γ=0.975; one group per channel
+        # 98.5 % and 91.1 % (10 epochs, seed 0; benchmarks/accuracy).
+        f = LayerFactory(spec, norm_groups=None)
         convs, norms, cin = [], [], in_channels
         for i, (cout, stride) in enumerate(PLAN):
             convs.append(f.conv(cin, cout, 3, stride, role="first" if i == 0 else "hidden"))

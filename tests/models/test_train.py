@@ -137,3 +137,31 @@ def test_eval_cli_matches_the_stored_accuracy(tmp_path):
         round(x["accuracy"], 4) for x in meta.accuracy
     ]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("done", [0.0, 0.2, 0.4, 0.79])
+def test_unstructured_warmup_prunes_a_growing_fraction(done):
+    """Before the warm-up ends a step prunes γ(α)·done/warm-up of each hidden layer's weights."""
+    from models import SubspaceSpec, create_model
+    from models.compression import compress
+    from models.train import warmup_gamma
+
+    spec = SubspaceSpec("unstructured")
+    net = create_model("small_cnn", spec)
+    alpha = 0.1  # γ(α) = 0.9
+    gamma = warmup_gamma(spec, alpha, done, warmup=0.8)
+    assert gamma == pytest.approx(0.9 * done / 0.8)
+    level = compress(net, alpha, gamma)
+    conv = net.convs[1]
+    zeros = int((level[conv.key].weight == 0).sum())
+    assert zeros == int(gamma * conv.weight.numel())
+    assert level.alpha == alpha and level.gamma == gamma
+
+
+def test_warmup_ends_and_leaves_other_families_alone():
+    from models import SubspaceSpec
+    from models.train import warmup_gamma
+
+    assert warmup_gamma(SubspaceSpec("unstructured"), 0.1, 0.8, warmup=0.8) is None
+    assert warmup_gamma(SubspaceSpec("structured"), 0.1, 0.1, warmup=0.8) is None
+    assert warmup_gamma(SubspaceSpec("quantization"), 0.5, 0.1, warmup=0.8) is None
