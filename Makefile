@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps serve test lint format bench soak fuzz default-model image-test deploy-check clean
+.PHONY: setup system-deps serve test lint format bench accuracy soak fuzz default-model image-test deploy-check clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,13 @@ bench: setup system-deps
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.controller_overhead
 	$(BIN)/python -m benchmarks.report
+
+# LCS against the paper's baselines on the digits (66 trainings, about an hour on 2 cores; cached
+# per run in benchmarks/results/accuracy-runs), the Table 2 profile, ACCURACY.md and its plots.
+accuracy: setup
+	$(BIN)/python -m benchmarks.accuracy --ship
+	$(BIN)/python -m benchmarks.accuracy.table2
+	$(BIN)/python -m benchmarks.accuracy.report
 
 # A longer fuzzing run than CI's (about 6 000 generated requests).
 fuzz: setup

@@ -21,7 +21,19 @@ TINY = {
     "adaptation": ["--models", "digits", "--burners", "0", "--seconds", "4"],
     "memory": ["--arch", "small_cnn"],
     "controller_overhead": ["--seconds", "1"],
+    # One family, one seed, one short epoch: the run, its cache and its JSON, not the figures.
+    "accuracy": [
+        *("--families", "unstructured", "--seeds", "0", "--epochs", "1", "--max-train", "128"),
+        *("--runs-dir", "{results}/checkpoints"),
+    ],
+    "accuracy.table2": ["--archs", "cpreresnet20", "--repeats", "1"],
 }
+
+
+def stray_workers() -> list[str]:
+    """Peer servers and spawned workers alive now (some may predate the test: not ours)."""
+    pattern = "benchmarks.peers|multiprocessing.spawn"
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +44,14 @@ def results(tmp_path_factory):
 @pytest.mark.parametrize("name", list(TINY))
 def test_script_runs_and_saves_results(name, results):
     env = {**os.environ, "LCS_BENCH_RESULTS": str(results)}
+    before = set(stray_workers())
     r = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{name}", *TINY[name]],
+        [
+            sys.executable,
+            "-m",
+            f"benchmarks.{name}",
+            *(a.format(results=results) for a in TINY[name]),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -41,12 +59,10 @@ def test_script_runs_and_saves_results(name, results):
         timeout=600,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    saved = {"peers_compare": "peers"}.get(name, name)
+    saved = {"peers_compare": "peers", "accuracy.table2": "table2"}.get(name, name)
     data = json.loads((results / f"{saved}.json").read_text())
     assert data["machine"]["cores"] >= 1
-    leftover = subprocess.run(
-        ["pgrep", "-f", "benchmarks.peers|multiprocessing.spawn"], capture_output=True, text=True
-    ).stdout.split()
+    leftover = set(stray_workers()) - before
     assert not leftover, f"{name} left processes behind: {leftover}"
 
 
@@ -72,3 +88,32 @@ def test_report_renders_what_was_saved(results, tmp_path):
     ):
         assert f"## {heading}" in text, heading
     assert (results / "plots" / "switch_cost.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_accuracy_report_shows_what_the_checkpoints_score(results, tmp_path):
+    """ACCURACY.md renders, and its numbers are those of the trained checkpoints."""
+    from models import checkpoint
+    from models.data import load_digits
+    from models.evaluate import accuracy_at_levels
+
+    env = {**os.environ, "LCS_BENCH_RESULTS": str(results), "LCS_BENCH_REPORT_DIR": str(tmp_path)}
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.accuracy.report"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = (tmp_path / "ACCURACY.md").read_text()
+    assert "## Unstructured sparsity" in text and "## Profile of the paper's networks" in text
+    assert (results / "plots" / "accuracy_unstructured.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((results / "accuracy.json").read_text())["families"]["unstructured"]
+    lcs = next(m for m in saved if m["label"] == "LCS+L+IN")
+    net, meta, _ = checkpoint.load(results / "checkpoints" / f"{lcs['name']}-s0.safetensors")
+    data = load_digits()
+    gamma = lcs["rows"][-1]["gamma"]
+    again = accuracy_at_levels(net, data.test, [meta.spec.calc.alpha(gamma)], meta.mean, meta.std)
+    assert again[0]["accuracy"] == lcs["rows"][-1]["mean"]
+    assert f"{100 * again[0]['accuracy']:.1f} ± 0.0" in text

@@ -1,0 +1,1 @@
+"""Accuracy across the whole range: LCS against the paper's baselines on the bundled digits."""

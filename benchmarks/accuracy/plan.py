@@ -1,0 +1,71 @@
+"""What `make accuracy` trains: LCS and the paper's baselines per family, and where each is read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STRUCTURED_WIDTHS = (0.25, 0.5, 0.75, 1.0)  # Discrete's widths, and the single-width networks
+TOPK_TARGETS = (0.5, 0.75, 0.9, 0.95)  # fraction pruned each unstructured baseline trains at
+BIT_WIDTHS = (3, 4, 5, 6, 7, 8)
+
+# Levels every network is evaluated at, most accurate first (γ: width, fraction pruned, bits).
+GRIDS: dict[str, tuple[float, ...]] = {
+    "structured": tuple(1.0 - i / 16 for i in range(13)),
+    "unstructured": (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.975),
+    "quantization": (8.0, 7.0, 6.0, 5.0, 4.0, 3.0),
+}
+AXIS = {
+    "structured": "width factor γ",
+    "unstructured": "fraction of weights pruned γ",
+    "quantization": "bit width γ",
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of training a network for a family; `role` says how the report reads it:
+    "lcs" (ours), "baseline" (one network read at every level) or "single" (a network trained
+    for one level alone, the yardstick the goal compares LCS against at that level)."""
+
+    label: str
+    family: str
+    role: str
+    kind: str = "point"
+    norm: str = "group"
+    train_gammas: tuple[float, ...] = ()
+
+    @property
+    def name(self) -> str:
+        slug = self.label.lower().replace("+", "").replace(" ", "-").replace("=", "")
+        return f"{self.family}-{slug}"
+
+    @property
+    def passes(self) -> int:
+        """Forward/backward passes per step, the cost that orders the work queue."""
+        if self.train_gammas:
+            return len(self.train_gammas)
+        return 4 if self.family == "structured" else 1
+
+
+def methods(family: str) -> list[Method]:
+    # small_cnn normalises with one group per channel (InstanceNorm) in every family.
+    out = [
+        Method("LCS+P+IN", family, "lcs"),
+        Method("LCS+L+IN", family, "lcs", kind="line"),
+    ]
+    if family == "structured":
+        out += [
+            Method("Discrete", family, "baseline", norm="batch", train_gammas=STRUCTURED_WIDTHS),
+            Method("Sandwich", family, "baseline", norm="batch"),
+        ]
+        out += [single(family, w, f"width {w:g}") for w in STRUCTURED_WIDTHS]
+    elif family == "unstructured":
+        out += [single(family, t, f"TopK {t:g}") for t in TOPK_TARGETS]
+    else:
+        out += [single(family, float(b), f"{b} bits") for b in BIT_WIDTHS]
+    return out
+
+
+def single(family: str, gamma: float, label: str) -> Method:
+    # The paper's per-level baselines are standard networks: BatchNorm, trained at one level.
+    return Method(label, family, "single", norm="batch", train_gammas=(gamma,))

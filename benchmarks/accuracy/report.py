@@ -1,0 +1,187 @@
+"""`python -m benchmarks.accuracy.report`: ACCURACY.md and its plots from the saved results."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from benchmarks.accuracy.plan import AXIS, GRIDS
+from benchmarks.report import PLOTS, ROOT, load, table
+
+GOAL_POINTS = 1.0  # LCS within this many points of the network trained for the level alone
+TITLES = {"structured": "Structured sparsity", "unstructured": "Unstructured sparsity"}
+
+
+def pct(row: dict[str, Any]) -> str:
+    return f"{100 * row['mean']:.1f} ± {100 * row['sd']:.1f}"
+
+
+def at(method: dict[str, Any], gamma: float) -> dict[str, Any]:
+    return next(r for r in method["rows"] if abs(r["gamma"] - gamma) < 1e-6)
+
+
+def goal_rows(methods: list[dict[str, Any]]) -> list[list[Any]]:
+    """At each single-level network's own γ: its accuracy, each LCS's, and the shortfall."""
+    lcs = [m for m in methods if m["role"] == "lcs"]
+    rows = []
+    for single in (m for m in methods if m["role"] == "single"):
+        gamma = single["train_gammas"][0]
+        ref = at(single, gamma)
+        row: list[Any] = [f"{gamma:g}", f"{single['label']}: {pct(ref)}"]
+        for m in lcs:
+            gap = 100 * (ref["mean"] - at(m, gamma)["mean"])
+            ok = "✓" if gap <= GOAL_POINTS else "✗"
+            row.append(f"{pct(at(m, gamma))} ({-gap:+.1f} {ok})")
+        rows.append(row)
+    return rows
+
+
+def monotonic_note(method: dict[str, Any]) -> str:
+    """Where accuracy rises as compression rises (rows run from least to most compressed)."""
+    rises = [
+        f"γ {a['gamma']:g}→{b['gamma']:g} +{100 * (b['mean'] - a['mean']):.1f}"
+        for a, b in zip(method["rows"], method["rows"][1:], strict=False)
+        if b["mean"] > a["mean"]
+    ]
+    return "falls monotonically" if not rises else "rises at " + ", ".join(rises)
+
+
+def baseline_note(method: dict[str, Any]) -> str:
+    """Peaks and troughs: accuracy at the levels a baseline trained at against the rest."""
+    trained = {round(g, 6) for g in method["train_gammas"]}
+    on = [r["mean"] for r in method["rows"] if round(r["gamma"], 6) in trained]
+    off = [r["mean"] for r in method["rows"] if round(r["gamma"], 6) not in trained]
+    best = max(method["rows"], key=lambda r: r["mean"])
+    worst = min(method["rows"], key=lambda r: r["mean"])
+    text = f"peak {100 * best['mean']:.1f}% at γ {best['gamma']:g}, "
+    text += f"trough {100 * worst['mean']:.1f}% at γ {worst['gamma']:g}"
+    if on and off:
+        text += (
+            f"; mean {100 * statistics.fmean(on):.1f}% at the levels it trained at, "
+            f"{100 * statistics.fmean(off):.1f}% elsewhere"
+        )
+    return text
+
+
+def plot(family: str, methods: list[dict[str, Any]]) -> str:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for m in methods:
+        g = [r["gamma"] for r in m["rows"]]
+        style = {"lcs": "o-", "baseline": "s--", "single": ":"}[m["role"]]
+        width = 2.2 if m["role"] == "lcs" else 1.2
+        ax.errorbar(
+            g,
+            [100 * r["mean"] for r in m["rows"]],
+            yerr=[100 * r["sd"] for r in m["rows"]],
+            fmt=style,
+            lw=width,
+            ms=4,
+            capsize=2,
+            label=m["label"],
+        )
+    if family != "unstructured":
+        ax.invert_xaxis()  # width and bit width fall as compression rises
+    ax.set_xlabel(AXIS[family] + " (more compressed →)")
+    ax.set_ylabel("test accuracy (%), mean ± sd over seeds")
+    ax.set_title(f"{TITLES.get(family, 'Quantization')}: small CNN on digits")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    name = f"accuracy_{family}.png"
+    fig.savefig(PLOTS / name)
+    plt.close(fig)
+    return name
+
+
+def family_section(family: str, methods: list[dict[str, Any]]) -> str:
+    head = ["γ"] + [m["label"] for m in methods]
+    rows = [[f"{g:g}"] + [pct(at(m, g)) for m in methods] for g in GRIDS[family]]
+    lcs = [m for m in methods if m["role"] == "lcs"]
+    goal = table(["γ", "trained for γ alone"] + [m["label"] for m in lcs], goal_rows(methods))
+    notes = [f"- **{m['label']}** {monotonic_note(m)}." for m in lcs]
+    notes += [f"- **{m['label']}**: {baseline_note(m)}." for m in methods if m["role"] != "lcs"]
+    minutes = sum(sum(m["train_s"]) for m in methods) / 60
+    return "\n\n".join(
+        [
+            f"## {TITLES.get(family, 'Quantization')}",
+            f"![accuracy against γ](benchmarks/results/plots/{plot(family, methods)})",
+            "Test accuracy (%) at each level, mean ± sample deviation over the seeds:",
+            table(head, rows),
+            f"**Goal: LCS within {GOAL_POINTS:g} point of the network trained for that level "
+            "alone.** Each LCS cell shows its accuracy and its difference to that network "
+            "(negative = LCS is lower):",
+            goal,
+            "\n".join(notes),
+            f"Training time of this family, all methods and seeds: {minutes:.0f} min of one core.",
+        ]
+    )
+
+
+def table2_section(d: dict[str, Any]) -> str:
+    out = [
+        "## Profile of the paper's networks (Table 2)",
+        f"`python -m benchmarks.accuracy.table2` ({d['threads']} thread, batch 1, median). "
+        "Our counts beside the paper's: sparsity is the fraction of weights removed; MMACs "
+        "and weight memory are exact counts, so they should agree; latency is this machine's, "
+        "the paper's is a 6-core laptop's.",
+    ]
+    for arch, a in d["archs"].items():
+        ours, paper = a["ours"], a["paper"]
+        head = [arch, *(f"γ {r['gamma']:g}" for r in ours)]
+        rows = [
+            ["sparsity (%)", *(round(r["sparsity_pct"], 1) for r in ours)],
+            ["MMACs", *(round(r["mmacs"], 2) for r in ours)],
+            ["MMACs (paper)", *paper["mmacs"]],
+            ["weights (MB)", *(round(r["weights_mb"], 2) for r in ours)],
+            ["weights (MB, paper)", *paper["weights_mb"]],
+            ["latency (ms)", *(round(r["latency_ms"], 2) for r in ours)],
+            ["latency (ms, paper)", *paper["latency_ms"]],
+            [
+                "speed-up vs γ 1",
+                *(f"{ours[0]['latency_ms'] / r['latency_ms']:.2f}×" for r in ours),
+            ],
+        ]
+        out.append(table(head, rows))
+    return "\n\n".join(out)
+
+
+def main() -> None:
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    acc = load("accuracy")
+    parts = [
+        "# Accuracy across the range\n\n"
+        "Generated by `make accuracy` (`python -m benchmarks.accuracy --ship`, then "
+        "`python -m benchmarks.accuracy.table2` and `python -m benchmarks.accuracy.report`); "
+        "do not edit by hand."
+    ]
+    if acc:
+        s = acc["settings"]
+        seeds = len(acc["families"][next(iter(acc["families"]))][0]["rows"][0]["seeds"])
+        parts.append(
+            f"Every network is the small CNN of the default model, trained {s['epochs']} epochs "
+            f"on the bundled digits (MNIST 5 000-image subset: 4 000 train, every fifth image "
+            f"held out = 1 000 test images, so 1 point = 10 images), {seeds} seeds each, one "
+            "thread per training. *LCS+P/LCS+L* are this project's point and line subspaces "
+            "(InstanceNorm for structured, GroupNorm otherwise). The baselines follow §4 of "
+            "the paper: *Discrete* trains at widths {0.25, 0.5, 0.75, 1} every step and "
+            "*Sandwich* with the sandwich rule, both with BatchNorm and no recalibration; "
+            "the single-level networks are standard BatchNorm networks trained at one width, "
+            "one TopK target or one bit width, and evaluated at every level."
+        )
+        for family, methods in acc["families"].items():
+            parts.append(family_section(family, methods))
+    t2 = load("table2")
+    if t2:
+        parts.append(table2_section(t2))
+    path = ROOT / "ACCURACY.md"
+    path.write_text("\n\n".join(parts) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Train every method × seed (cached, two workers of one thread) and evaluate on the grid."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import shutil
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.accuracy.plan import GRIDS, Method, methods
+from benchmarks.common import RESULTS, machine
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = RESULTS / "accuracy-runs"  # one JSON per method × seed: reruns train only what is new
+
+
+def train_and_evaluate(method: Method, seed: int, epochs: int, max_train: int | None, out: str):
+    """Runs in a worker process with one thread: train, reload the checkpoint, evaluate."""
+    import torch
+
+    from models import checkpoint
+    from models.data import load_dataset
+    from models.evaluate import accuracy_at_levels
+    from models.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    data = load_dataset("digits")
+    cfg = TrainConfig(
+        family=method.family,
+        kind=method.kind,
+        norm=method.norm,
+        train_gammas=method.train_gammas,
+        epochs=epochs,
+        seed=seed,
+        max_train=max_train,
+        out=out,
+    )
+    train(cfg, data, progress=False)
+    net, meta, _ = checkpoint.load(out)
+    alphas = [meta.spec.calc.alpha(g) for g in GRIDS[method.family]]
+    rows = accuracy_at_levels(net, data.test, alphas, meta.mean, meta.std)
+    return {"rows": rows, "train_s": time.perf_counter() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--families", nargs="+", default=list(GRIDS), choices=list(GRIDS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--max-train", type=int, help="cap on training images (smoke runs)")
+    ap.add_argument("--workers", type=int, default=2, help="parallel trainings, 1 thread each")
+    ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "accuracy"), help="checkpoints")
+    ap.add_argument("--ship", action="store_true", help="copy each family's best LCS model")
+    args = ap.parse_args()
+
+    settings = {"epochs": args.epochs, "max_train": args.max_train, "dataset": "digits"}
+    jobs = [(m, s) for f in args.families for m in methods(f) for s in args.seeds]
+    todo = [(m, s) for m, s in jobs if _cached(m, s, settings) is None]
+    # Seed by seed, so a cut-short run still has whole seeds; longest first within a seed.
+    todo.sort(key=lambda job: (job[1], -job[0].passes))
+    print(f"{len(jobs)} trainings, {len(jobs) - len(todo)} cached, {len(todo)} to run", flush=True)
+    _run(todo, settings, args)
+
+    results = {f: _collect(f, args.seeds, settings) for f in args.families}
+    path = RESULTS / "accuracy.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"machine": machine(), "settings": settings, "families": results}, indent=2)
+    )
+    print(f"saved {path}")
+    if args.ship:
+        for family in args.families:
+            _ship(family, results[family], args.seeds, Path(args.runs_dir))
+
+
+def _run(todo: list[tuple[Method, int]], settings: dict[str, Any], args) -> None:
+    if not todo:
+        return
+    start, done = time.perf_counter(), 0
+    # spawn: a fresh interpreter per worker, no forked torch thread pools.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+        futures = {
+            pool.submit(
+                train_and_evaluate,
+                m,
+                s,
+                args.epochs,
+                args.max_train,
+                str(Path(args.runs_dir) / f"{m.name}-s{s}.safetensors"),
+            ): (m, s)
+            for m, s in todo
+        }
+        for fut in as_completed(futures):
+            m, s = futures[fut]
+            result = fut.result()
+            _store(m, s, settings, result)
+            done += 1
+            elapsed = time.perf_counter() - start
+            eta = elapsed / done * (len(todo) - done)
+            best = max(r["accuracy"] for r in result["rows"])
+            print(
+                f"[{done:3}/{len(todo)}] {m.family:12} {m.label:10} seed {s}: "
+                f"{result['train_s']:5.0f} s, best {100 * best:.1f}%, ETA {eta / 60:.1f} min",
+                flush=True,
+            )
+
+
+def _cache_path(m: Method, seed: int) -> Path:
+    return CACHE / f"{m.name}-s{seed}.json"
+
+
+def _store(m: Method, seed: int, settings: dict[str, Any], result: dict[str, Any]) -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    record = {"method": _plain(m), "seed": seed, "settings": settings, **result}
+    _cache_path(m, seed).write_text(json.dumps(record, indent=1))
+
+
+def _cached(m: Method, seed: int, settings: dict[str, Any]) -> dict[str, Any] | None:
+    path = _cache_path(m, seed)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    same = record["settings"] == settings and record["method"] == _plain(m)
+    return record if same else None
+
+
+def _plain(m: Method) -> dict[str, Any]:
+    """The method as it reads back from JSON (tuples become lists), to compare with a record."""
+    return json.loads(json.dumps(asdict(m)))
+
+
+def _collect(family: str, seeds: list[int], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per method: accuracy per γ for every seed, and its mean and sample deviation."""
+    out = []
+    for m in methods(family):
+        per_seed = {s: _cached(m, s, settings) for s in seeds}
+        by_gamma: dict[float, list[float]] = {}
+        for record in per_seed.values():
+            assert record is not None
+            for r in record["rows"]:
+                by_gamma.setdefault(round(r["gamma"], 6), []).append(r["accuracy"])
+        rows = [
+            {
+                "gamma": g,
+                "mean": statistics.fmean(a),
+                "sd": statistics.stdev(a) if len(a) > 1 else 0.0,
+                "seeds": a,
+            }
+            for g, a in by_gamma.items()
+        ]
+        train_s = [r["train_s"] for r in per_seed.values() if r is not None]
+        out.append({**asdict(m), "name": m.name, "rows": rows, "train_s": train_s})
+    return out
+
+
+def _ship(family: str, results: list[dict[str, Any]], seeds: list[int], runs_dir: Path) -> None:
+    """The LCS model with the best mean accuracy over the grid joins models/weights/."""
+    from models.checkpoint import DEFAULT_CHECKPOINT
+
+    lcs = [r for r in results if r["role"] == "lcs"]
+    best = max(lcs, key=lambda r: statistics.fmean(x["mean"] for x in r["rows"]))
+    totals = {s: sum(row["seeds"][i] for row in best["rows"]) for i, s in enumerate(seeds)}
+    seed = max(totals, key=lambda s: totals[s])
+    target = DEFAULT_CHECKPOINT.parent / f"digits_{family}_{best['kind']}.safetensors"
+    if target == DEFAULT_CHECKPOINT:
+        print(f"{family}: best is {best['label']}; the default model (20 epochs) stays")
+        return
+    shutil.copyfile(runs_dir / f"{best['name']}-s{seed}.safetensors", target)
+    print(f"{family}: shipped {best['label']} seed {seed} as {target.relative_to(ROOT)}")
