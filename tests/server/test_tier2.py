@@ -252,3 +252,40 @@ def test_tier2_off_serves_torch_only():
     body = asyncio.run(main())
     assert body["level"]["tier"] == "torch"
     check_levels([(4, body)])
+
+
+def test_the_cache_evicts_least_recently_used_sessions_to_fit_its_budget():
+    net = _net("small_cnn", "structured")
+    levels = LevelCompressor(net, cache=True)
+    current = {"level": levels(1.0)}
+    tier2 = Tier2(
+        net,
+        INPUT["small_cnn"],
+        1,
+        Metrics(),
+        lambda: current["level"],
+        settle_s=0,
+        budget_bytes=250,
+        tolerance=TOLERANCE,
+    )
+
+    def fake(alpha: float) -> Prepared:
+        level = levels(alpha)
+        return Prepared(level.alpha, level.gamma, level.family, None, 100)  # type: ignore[arg-type]
+
+    a, b, c = fake(1.0), fake(0.5), fake(0.0)
+    tier2._store(a)
+    tier2.active = a  # serving α = 1
+    tier2._store(b)
+    tier2._store(c)  # over budget: b is the oldest that is neither active nor new
+    assert list(tier2.cache) == [1.0, 0.0] and tier2.active is a
+    tier2._store(fake(0.5))  # c goes: the oldest other than the active one
+    assert list(tier2.cache) == [1.0, 0.5] and tier2.active is a
+    tier2.budget_bytes = 150  # room for one: the current level's session wins
+    current["level"] = levels(0.5)
+    tier2._store(fake(0.5))
+    assert list(tier2.cache) == [0.5] and tier2.active is None
+    tier2.active = tier2.cache[0.5]
+    tier2._store(fake(0.0))  # not current: it yields to the active session
+    assert list(tier2.cache) == [0.5] and tier2.active is not None
+    assert tier2.cached_bytes == 100
