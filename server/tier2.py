@@ -161,7 +161,11 @@ class Tier2:
         )
         self._session_pool = ThreadPoolExecutor(1, thread_name_prefix="lcs-tier2-session")
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pending: set[float] = set()
+        self._pending: set[float] = set()  # α being prepared now
+        # α whose preparation failed for a reason that would recur (weights never change while
+        # serving): not tried again, so a refused level costs one export, not one per visit.
+        self._refused: set[float] = set()
+        self._generation = 0  # bumped by every level change: a settle timer knows if it is stale
         self._logged: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Seams for failure injection in tests.
@@ -177,13 +181,16 @@ class Tier2:
         """On the event loop, right after the slot's swap: a cached level is served at once;
         any other is prepared if the level is still current after the settle delay."""
         self._loop = asyncio.get_running_loop()
+        self._generation += 1
         hit = self.cache.get(level.alpha)
         if hit is not None and hit.matches(level):
             self.cache.move_to_end(level.alpha)
             self.active = hit
             self.metrics.tier2_cache_hits.inc()
             return
-        task = self._loop.create_task(self._settle_then_prepare(level))
+        if level.alpha in self._refused:
+            return
+        task = self._loop.create_task(self._settle_then_prepare(level, self._generation))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -195,19 +202,20 @@ class Tier2:
             self._loop.call_soon_threadsafe(self.cache.pop, prepared.alpha, None)
         self._fail("run", e)
 
-    async def _settle_then_prepare(self, level: Level) -> None:
+    async def _settle_then_prepare(self, level: Level, generation: int) -> None:
         await asyncio.sleep(self.settle_s)
-        if not self._is_current(level) or level.alpha in self._pending:
-            return  # passed through, or already being prepared
-        if level.alpha in self.cache:
-            self.level_changed(level)
-            return
+        if generation != self._generation or not self._is_current(level):
+            return  # passed through: not current for the whole settle delay
+        if level.alpha in self._pending:
+            return  # an earlier visit's preparation is still running; it installs itself
         self.metrics.tier2_cache_misses.inc()
         self._pending.add(level.alpha)
         start = time.perf_counter()
         try:
             prepared = await self._prepare(level)
         except Tier2Failure as e:
+            if e.reason in ("unsupported", "export", "budget", "mismatch"):
+                self._refused.add(level.alpha)
             self._fail(e.reason, e)
             return
         except Exception as e:  # a bug in tier 2 must never reach a request
