@@ -24,8 +24,8 @@ from server.metrics import Metrics
 log = logging.getLogger("lcs.server")
 
 # A session is swapped in only if, on the warm-up batch, max |logits_onnx − logits_torch| ≤
-# tolerance · max(1, max |logits_torch|): float32 reassociation differs by ~1e-6 of scale,
-# a wrong graph by far more.
+# tolerance · max(1, max |logits_torch|). Measured on the four architectures, float32
+# reassociation stays under 1e-5 of that scale; a wrong graph misses by far more.
 WARMUP_BATCH = 2
 
 
