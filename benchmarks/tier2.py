@@ -80,7 +80,11 @@ async def until_onnx(rt: Runtime, timeout_s: float = 600) -> float:
 
 async def measure(name: str, ckpt: Path | None, repeats: int) -> dict[str, Any]:
     settings = Settings(
-        checkpoint=ckpt, controller_enabled=False, torch_threads=1, tier2_settle_s=0.0
+        checkpoint=ckpt,
+        controller_enabled=False,
+        torch_threads=1,
+        tier2_enabled=True,
+        tier2_settle_s=0.0,
     )
     rt = await wiring.start(settings, Metrics())
     try:

@@ -37,6 +37,10 @@ class Tier2Failure(Exception):
         self.reason = reason
 
 
+class _Stale(Exception):
+    """The level changed while its preparation waited for the export thread."""
+
+
 def session_options(threads: int) -> ort.SessionOptions:
     """The daemon's thread settings for ORT: as many intra-op threads as torch uses."""
     so = ort.SessionOptions()
@@ -208,11 +212,11 @@ class Tier2:
             return  # passed through: not current for the whole settle delay
         if level.alpha in self._pending:
             return  # an earlier visit's preparation is still running; it installs itself
-        self.metrics.tier2_cache_misses.inc()
         self._pending.add(level.alpha)
-        start = time.perf_counter()
         try:
             prepared = await self._prepare(level)
+        except _Stale:
+            return
         except Tier2Failure as e:
             if e.reason in ("unsupported", "export", "budget", "mismatch"):
                 self._refused.add(level.alpha)
@@ -223,7 +227,6 @@ class Tier2:
             return
         finally:
             self._pending.discard(level.alpha)
-        self.metrics.tier2_prepare.observe(time.perf_counter() - start)
         self._store(prepared)
         if self._is_current(level):
             self.active = prepared  # the atomic swap
@@ -238,10 +241,21 @@ class Tier2:
             raise Tier2Failure("unsupported", why)
         loop = asyncio.get_running_loop()
         x = warmup_batch(self.input_size)
+
+        def export_if_current() -> tuple[float, bytes, torch.Tensor]:
+            # Checked when the export thread is free, not when queued: under contention a
+            # backlog of levels the controller has already left would keep the CPU busy.
+            if not self._is_current(level):
+                raise _Stale
+            self.metrics.tier2_cache_misses.inc()
+            return time.perf_counter(), *self.export_fn(self.net, level, x)
+
         try:
-            model, reference = await loop.run_in_executor(
-                self._export_pool, self.export_fn, self.net, level, x
+            start, model, reference = await loop.run_in_executor(
+                self._export_pool, export_if_current
             )
+        except _Stale:
+            raise
         except Exception as e:
             raise Tier2Failure("export", f"{type(e).__name__}: {e}") from e
         if len(model) > self.budget_bytes:
@@ -256,7 +270,9 @@ class Tier2:
             verify(p, x, reference, self.tolerance)
             return p
 
-        return await loop.run_in_executor(self._session_pool, open_and_verify)
+        prepared = await loop.run_in_executor(self._session_pool, open_and_verify)
+        self.metrics.tier2_prepare.observe(time.perf_counter() - start)
+        return prepared
 
     def _store(self, prepared: Prepared) -> None:
         """Insert, then evict least recently used sessions until the budget holds: others first,

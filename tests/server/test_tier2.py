@@ -100,7 +100,7 @@ def test_activation_fake_quant_is_refused_for_tier2():
 async def daemon(**overrides) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
     settings = Settings(
         **{"controller_enabled": False, "torch_threads": 1, "max_queue": 512}
-        | {"tier2_settle_s": 0.05}
+        | {"tier2_enabled": True, "tier2_settle_s": 0.05}
         | overrides
     )
     app = create_app(settings)
@@ -260,6 +260,8 @@ def test_a_session_that_fails_on_a_request_falls_back_to_tier1():
 
 
 def test_tier2_off_serves_torch_only():
+    assert Settings.model_fields["tier2_enabled"].default is False  # opt-in
+
     async def main() -> dict:
         async with daemon(tier2_enabled=False) as (rt, client):
             assert rt.tier2 is None
