@@ -289,6 +289,50 @@ def memory_section(d: dict[str, Any]) -> str:
     )
 
 
+def tier2_section(d: dict[str, Any]) -> str:
+    rows = [
+        [
+            m["model"],
+            r["gamma"],
+            r["tier1_ms"],
+            r["tier2_ms"],
+            r["ort_alone_ms"],
+            r["tier1_per_tier2"],
+            r["tier2_per_ort_alone"],
+            r["tier2_ready_s"],
+        ]
+        for m in d["models"]
+        for r in m["rows"]
+    ]
+    wide = "; ".join(
+        f"{m['model']} {m['tier2_wide_per_narrow']:.2f}, a cache hit served after "
+        f"{1e3 * m['cache_hit_ready_s']:.1f} ms"
+        for m in d["models"]
+    )
+    return (
+        "## Two tiers\n\n`python -m benchmarks.tier2`: batch 1, one thread, one run. The "
+        "daemon's forward pass on tier 1 (PyTorch) and tier 2 (its ONNX Runtime session), and "
+        "a stand-alone ORT session of the same network with the same options, timed in "
+        "alternation; ratios are medians of per-round ratios. Ready: switch to tier 2 serving "
+        "a new level, settle delay 0 (the daemon's default adds 1 s). ResNet18 has random "
+        "weights.\n\n"
+        + table(
+            [
+                "model",
+                "γ",
+                "tier 1 ms",
+                "tier 2 ms",
+                "ORT alone ms",
+                "tier 1 / tier 2",
+                "tier 2 / ORT alone",
+                "ready s",
+            ],
+            rows,
+        )
+        + f"\n\nTier-2 latency, full width / narrowest (interleaved): {wide}.\n"
+    )
+
+
 def main() -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
     parts = [
@@ -304,6 +348,7 @@ def main() -> None:
         ("adaptation", adaptation_section),
         ("peers", peers_section),
         ("memory", memory_section),
+        ("tier2", tier2_section),
         ("controller_overhead", overhead_section),
         ("soak", soak_section),
     ):

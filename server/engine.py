@@ -25,6 +25,7 @@ class DeadlineExceeded(Exception):
 class Result:
     probabilities: torch.Tensor  # (classes,)
     level: Level  # the level the whole forward pass ran at
+    tier: str  # what ran it: "torch" (tier 1) or "onnx" (tier 2)
     queue_s: float
     forward_s: float
     batch_size: int
@@ -37,8 +38,8 @@ class _Item:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-Forward = Callable[[torch.Tensor], tuple[torch.Tensor, Level]]
-Observer = Callable[[int, float], None]  # (batch size, forward seconds)
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, Level, str]]  # (probs, level, tier)
+Observer = Callable[[int, float, str], None]  # (batch size, forward seconds, tier)
 
 
 class Engine:
@@ -110,7 +111,7 @@ class Engine:
             x = torch.stack([i.x for i in batch])  # (B, C, H, W)
             start = time.perf_counter()
             try:
-                probs, level = await loop.run_in_executor(self._executor, self._forward, x)
+                probs, level, tier = await loop.run_in_executor(self._executor, self._forward, x)
             except Exception as e:
                 for i in batch:
                     if not i.future.done():
@@ -118,11 +119,11 @@ class Engine:
                 continue
             seconds = time.perf_counter() - start
             if self._on_batch:
-                self._on_batch(len(batch), seconds)
+                self._on_batch(len(batch), seconds, tier)
             for row, i in enumerate(batch):
                 if not i.future.done():
                     i.future.set_result(
-                        Result(probs[row], level, start - i.enqueued, seconds, len(batch))
+                        Result(probs[row], level, tier, start - i.enqueued, seconds, len(batch))
                     )
 
     async def _collect(self) -> list[_Item]:

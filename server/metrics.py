@@ -47,7 +47,8 @@ class Metrics:
         )
         self.inference = Histogram(
             "lcs_inference_duration_seconds",
-            "Forward pass of one batch",
+            "Forward pass of one batch, by tier (torch, onnx)",
+            ["tier"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -73,6 +74,28 @@ class Metrics:
             "Time to compress the subspace to a new level",
             buckets=SWITCH_BUCKETS,
             registry=r,
+        )
+        # Tier 2 (ONNX Runtime sessions of settled levels)
+        self.tier2_prepare = Histogram(
+            "lcs_tier2_prepare_duration_seconds",
+            "Export, session and check of one level for tier 2",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60),
+            registry=r,
+        )
+        self.tier2_cache_hits = Counter(
+            "lcs_tier2_cache_hits", "Level changes served at once from a cached session", registry=r
+        )
+        self.tier2_cache_misses = Counter(
+            "lcs_tier2_cache_misses", "Settled levels that needed a new session", registry=r
+        )
+        self.tier2_failures = Counter(
+            "lcs_tier2_failures",
+            "Tier-2 preparations or runs that failed (tier 1 kept serving), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.tier2_cache_bytes = Gauge(
+            "lcs_tier2_cache_bytes", "ONNX bytes held by cached tier-2 sessions", registry=r
         )
         self.rejected = Counter(
             "lcs_rejected_requests", "Requests refused before inference", ["reason"], registry=r

@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from server.metrics import Metrics
 from server.preprocess import Preprocessor
 from server.settings import Settings
 from server.slot import ModelSlot
+
+if TYPE_CHECKING:
+    from server.tier2 import Tier2
 
 log = logging.getLogger("lcs.server")
 
@@ -61,6 +64,7 @@ class Runtime:
     profile: list[ProfilePoint] = field(default_factory=list)
     policy: OperatorPolicy = field(default_factory=OperatorPolicy)
     controller: Any = None  # controller.loop.Controller when enabled
+    tier2: Tier2 | None = None  # ONNX Runtime sessions of settled levels, when enabled
     ready: bool = False
     draining: bool = False
     not_ready_reason: str = "starting"
@@ -70,12 +74,25 @@ class Runtime:
     def model_name(self) -> str:
         return self.settings.model_name or self.slot.meta.arch
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Level]:
-        """Runs on the inference thread: one Level captured for the whole pass."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Level, str]:
+        """Runs on the inference thread: one Level captured for the whole pass, run by tier 2
+        only if its session was built from that very level, else by PyTorch (tier 1)."""
         level = self.slot.current
+        prepared = self.tier2.serving(level) if self.tier2 is not None else None
         with torch.inference_mode():
+            if prepared is not None:
+                try:
+                    return torch.softmax(prepared.run(x), dim=1), level, "onnx"
+                except Exception as e:  # tier 2 never fails a request: tier 1 answers
+                    assert self.tier2 is not None
+                    self.tier2.run_failed(prepared, e)
             probs = torch.softmax(self.slot.net(x, level), dim=1)
-        return probs, level
+        return probs, level, "torch"
+
+    def tier(self) -> str:
+        """The tier a request arriving now would run on."""
+        level = self.slot.current
+        return "onnx" if self.tier2 is not None and self.tier2.serving(level) else "torch"
 
     async def switch(self, alpha: float, reason: str) -> None:
         """readings → level → recompress → swap, with metrics at each step."""
@@ -87,6 +104,8 @@ class Runtime:
         self.metrics.level_changes.labels(reason).inc()
         self.metrics.alpha.set(level.alpha)
         self.metrics.gamma.set(level.gamma)
+        if self.tier2 is not None:
+            self.tier2.level_changed(level)
 
     def record_latency(self, seconds: float) -> None:
         self.latencies.append(seconds)

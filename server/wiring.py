@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from server.preprocess import Preprocessor
 from server.runtime import Runtime
 from server.settings import Settings
 from server.slot import ModelSlot
+
+if TYPE_CHECKING:
+    from server.tier2 import Tier2
 
 log = logging.getLogger("lcs.server")
 
@@ -47,9 +51,11 @@ async def start(settings: Settings, metrics: Metrics) -> Runtime:
             max_wait_s=settings.max_batch_wait_ms / 1e3,
             max_queue=settings.max_queue,
             threads=threads,
-            on_batch=lambda n, s: _on_batch(metrics, n, s),
+            on_batch=lambda n, s, tier: _on_batch(metrics, n, s, tier),
         ),
     )
+    if settings.tier2_enabled:
+        rt.tier2 = _tier2(rt)
     metrics.torch_threads.set(threads)
     metrics.model.info(
         {
@@ -64,6 +70,8 @@ async def start(settings: Settings, metrics: Metrics) -> Runtime:
     await rt.measure_profile()  # also warms every level's code path
     await rt.switch(_initial_alpha(rt), "startup")
     level = rt.slot.current
+    if rt.tier2 is not None:
+        rt.tier2.level_changed(level)  # the start-up level too (switch skips an unchanged α)
     metrics.alpha.set(level.alpha)
     metrics.gamma.set(level.gamma)
     if settings.controller_enabled:
@@ -94,9 +102,25 @@ def _initial_alpha(rt: Runtime) -> float:
     return calc.clamp(alpha)
 
 
-def _on_batch(metrics: Metrics, size: int, seconds: float) -> None:
+def _tier2(rt: Runtime) -> Tier2:
+    from server.tier2 import Tier2  # onnxruntime is loaded only when tier 2 is on
+
+    s, (c, h, w) = rt.settings, rt.slot.meta.input_size
+    return Tier2(
+        rt.slot.net,
+        (c, h, w),
+        rt.threads,
+        rt.metrics,
+        lambda: rt.slot.current,
+        settle_s=s.tier2_settle_s,
+        budget_bytes=int(s.tier2_cache_mb * 2**20),
+        tolerance=s.tier2_tolerance,
+    )
+
+
+def _on_batch(metrics: Metrics, size: int, seconds: float, tier: str) -> None:
     metrics.batch_size.observe(size)
-    metrics.inference.observe(seconds)
+    metrics.inference.labels(tier).observe(seconds)
 
 
 async def stop(rt: Runtime) -> None:
@@ -105,5 +129,7 @@ async def stop(rt: Runtime) -> None:
     if rt.controller is not None:
         await control.stop(rt)
     await rt.engine.stop()
+    if rt.tier2 is not None:
+        await rt.tier2.close()
     rt.slot.close()
     rt.decode_pool.shutdown(wait=False, cancel_futures=True)

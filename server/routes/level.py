@@ -98,6 +98,8 @@ def describe(rt: Runtime) -> dict[str, Any]:
     level, change, calc = rt.slot.current, rt.slot.last_change, rt.slot.calc
     return {
         **level.describe(),
+        "tier": rt.tier(),
+        "tier2": None if rt.tier2 is None else rt.tier2.describe(),
         "policy": rt.policy.describe(),
         "last_change": {
             "alpha": change.alpha,

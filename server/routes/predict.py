@@ -63,6 +63,7 @@ class LevelInfo(BaseModel):
     alpha: float
     family: str
     kind: str
+    tier: str  # what ran the forward pass: "torch" (tier 1) or "onnx" (tier 2)
 
 
 class PredictResponse(BaseModel):
@@ -204,7 +205,7 @@ def respond(rt: Runtime, r: Result, top_k: int, start: float, decode_s: float) -
             Prediction(label=names[i], index=i, probability=p)
             for p, i in zip(probs.tolist(), idx.tolist(), strict=True)
         ],
-        level=LevelInfo(**r.level.describe()),
+        level=LevelInfo(**r.level.describe(), tier=r.tier),
         model={"name": rt.model_name, "arch": rt.slot.meta.arch, "checksum": rt.slot.checksum[:16]},
         latency_ms=1e3 * seconds,
         timing_ms={

@@ -88,11 +88,17 @@ async def model_infer(name: ModelName, body: InferRequest, rt: ReadyDep) -> dict
     results = await asyncio.gather(*(infer(rt, x) for x in images))  # they batch together
     probs = torch.stack([r.probabilities for r in results])
     levels = {r.level.alpha for r in results}
+    tiers = sorted({r.tier for r in results})
     return {
         "model_name": rt.model_name,
         "model_version": "1",
         "id": body.id or "",
-        "parameters": {**results[-1].level.describe(), "levels_used": len(levels)},
+        "parameters": {
+            **results[-1].level.describe(),
+            "tier": results[-1].tier,
+            "levels_used": len(levels),
+            "tiers_used": tiers,
+        },
         "outputs": [
             {
                 "name": "probabilities",

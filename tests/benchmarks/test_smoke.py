@@ -21,6 +21,7 @@ TINY = {
     "adaptation": ["--models", "digits", "--burners", "0", "--seconds", "4"],
     "memory": ["--arch", "small_cnn"],
     "controller_overhead": ["--seconds", "1"],
+    "tier2": ["--models", "default", "--repeats", "3"],
     # One family, one seed, one short epoch: the run, its cache and its JSON, not the figures.
     "accuracy": [
         *("--families", "unstructured", "--seeds", "0", "--epochs", "1", "--max-train", "128"),
@@ -85,6 +86,7 @@ def test_report_renders_what_was_saved(results, tmp_path):
         "Adaptation",
         "Memory",
         "Controller overhead",
+        "Two tiers",
     ):
         assert f"## {heading}" in text, heading
     assert (results / "plots" / "switch_cost.png").read_bytes()[:4] == b"\x89PNG"

@@ -25,7 +25,7 @@ def make_engine(delay: float, **kw):
         calls.append(len(x))
         captured = level["current"]
         time.sleep(delay)
-        return x.flatten(1) * captured.alpha, captured  # each row stays its own
+        return x.flatten(1) * captured.alpha, captured, "torch"  # each row stays its own
 
     opts = {"max_batch": 8, "max_wait_s": 0.0, "max_queue": 64, "threads": 1} | kw
     return Engine(forward, **opts), calls, level
@@ -100,7 +100,7 @@ def test_forward_runs_on_one_dedicated_thread():
 
     def forward(x):
         names.add(threading.current_thread().name)
-        return x, FakeLevel(1.0)
+        return x, FakeLevel(1.0), "torch"
 
     async def main():
         engine = Engine(forward, max_batch=2, max_wait_s=0, max_queue=16, threads=1)

@@ -1,0 +1,323 @@
+"""Tier 2: the settled level as an ONNX Runtime session, prepared off the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from models import Level, SubspaceNet
+from models.export import to_onnx
+from server.metrics import Metrics
+
+log = logging.getLogger("lcs.server")
+
+# A session is swapped in only if, on the warm-up batch, max |logits_onnx − logits_torch| ≤
+# tolerance · max(1, max |logits_torch|). Measured on the four architectures, float32
+# reassociation stays under 1e-5 of that scale; a wrong graph misses by far more.
+WARMUP_BATCH = 2
+
+
+class Tier2Failure(Exception):
+    """Preparation refused or failed; `reason` labels lcs_tier2_failures."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class _Stale(Exception):
+    """The level changed while its preparation waited for the export thread."""
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """The daemon's thread settings for ORT: as many intra-op threads as torch uses."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning pool threads would keep the cores busy between requests: the controller would
+    # read that as load, and torch's threads (tier 1) would compete with them.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """One level's session, tied to the exact (α, γ) it was exported from."""
+
+    alpha: float
+    gamma: float
+    family: str
+    session: ort.InferenceSession
+    nbytes: int  # the ONNX model's size: its weights dominate what the session holds
+
+    def matches(self, level: Level) -> bool:
+        return (self.alpha, self.gamma, self.family) == (level.alpha, level.gamma, level.family)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a (B, C, H, W) batch."""
+        out = self.session.run(None, {"x": np.ascontiguousarray(x.numpy(), dtype=np.float32)})
+        return torch.from_numpy(out[0])
+
+
+def warmup_batch(input_size: tuple[int, int, int]) -> torch.Tensor:
+    """A fixed batch (seeded), so the same level is always checked on the same inputs."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(WARMUP_BATCH, *input_size, generator=gen)
+
+
+def refusal(level: Level) -> str | None:
+    """Why this level must stay on tier 1, if it must.
+
+    Activation fake-quantization rounds x/scale: where torch and ORT accumulate a convolution
+    in a different order, a value near a rounding boundary lands one step apart, and the step
+    grows through the network (measured: 0.024 in logits of ~1 on a random VGG19 at 8 bits, on
+    inputs other than a warm-up batch that had matched). No warm-up batch can prove the
+    absence of such flips, so these levels are refused; weight-only quantization is exact.
+    """
+    if any(p.act_bits is not None for p in level.params.values()):
+        return "activation fake-quantization does not export faithfully"
+    return None
+
+
+def export(net: SubspaceNet, level: Level, x: torch.Tensor) -> tuple[bytes, torch.Tensor]:
+    """The level's ONNX bytes and tier 1's logits on `x`, the reference the session must match."""
+    with torch.inference_mode():
+        reference = net(x, level)
+    # Traced at the warm-up batch: per-instance norms of a 1×1 map refuse a batch of one.
+    return to_onnx(net, level, x), reference
+
+
+def open_session(model: bytes, threads: int) -> ort.InferenceSession:
+    return ort.InferenceSession(model, session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def verify(prepared: Prepared, x: torch.Tensor, reference: torch.Tensor, tolerance: float) -> None:
+    """Raise Tier2Failure("mismatch") unless the session reproduces tier 1 within tolerance."""
+    diff = float((prepared.run(x) - reference).abs().max())
+    bound = tolerance * max(1.0, float(reference.abs().max()))
+    if not diff <= bound:  # also catches NaN
+        raise Tier2Failure("mismatch", f"max |Δlogits| {diff:.3g} > {bound:.3g}")
+
+
+def prepare(
+    net: SubspaceNet, level: Level, input_size: tuple[int, int, int], threads: int, tol: float
+) -> Prepared:
+    """Export, open and verify in one call (tests and benchmarks; the daemon splits it up)."""
+    why = refusal(level)
+    if why is not None:
+        raise Tier2Failure("unsupported", why)
+    x = warmup_batch(input_size)
+    model, reference = export(net, level, x)
+    p = Prepared(level.alpha, level.gamma, level.family, open_session(model, threads), len(model))
+    verify(p, x, reference, tol)
+    return p
+
+
+def _lower_priority() -> None:
+    # Linux nice is per thread: only this thread (and threads it starts) yields to serving.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+class Tier2:
+    """Prepares the settled level in the background and keeps sessions in an LRU by bytes.
+
+    `active` is the one session requests may use; the inference thread runs it only if it
+    matches the Level it captured, so a response always reports the level it ran at.
+    """
+
+    def __init__(
+        self,
+        net: SubspaceNet,
+        input_size: tuple[int, int, int],
+        threads: int,
+        metrics: Metrics,
+        current: Callable[[], Level],
+        *,
+        settle_s: float,
+        budget_bytes: int,
+        tolerance: float,
+    ) -> None:
+        self.net, self.input_size, self.threads, self.metrics = net, input_size, threads, metrics
+        self.current = current
+        self.settle_s, self.budget_bytes, self.tolerance = settle_s, budget_bytes, tolerance
+        self.active: Prepared | None = None
+        self.cache: OrderedDict[float, Prepared] = OrderedDict()  # α → session, oldest first
+        # Export (tracing, the heavy part) at low priority; the session opens on a thread of
+        # normal priority, since ORT's pool threads inherit the nice value of their creator.
+        self._export_pool = ThreadPoolExecutor(
+            1, thread_name_prefix="lcs-tier2-export", initializer=_lower_priority
+        )
+        self._session_pool = ThreadPoolExecutor(1, thread_name_prefix="lcs-tier2-session")
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: set[float] = set()  # α being prepared now
+        # α whose preparation failed for a reason that would recur (weights never change while
+        # serving): not tried again, so a refused level costs one export, not one per visit.
+        self._refused: set[float] = set()
+        self._generation = 0  # bumped by every level change: a settle timer knows if it is stale
+        self._logged: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Seams for failure injection in tests.
+        self.export_fn = export
+        self.session_fn = open_session
+
+    def serving(self, level: Level) -> Prepared | None:
+        """The session for exactly `level`, if tier 2 holds it (called on the inference thread)."""
+        p = self.active
+        return p if p is not None and p.matches(level) else None
+
+    def level_changed(self, level: Level) -> None:
+        """On the event loop, right after the slot's swap: a cached level is served at once;
+        any other is prepared if the level is still current after the settle delay."""
+        self._loop = asyncio.get_running_loop()
+        self._generation += 1
+        hit = self.cache.get(level.alpha)
+        if hit is not None and hit.matches(level):
+            self.cache.move_to_end(level.alpha)
+            self.active = hit
+            self.metrics.tier2_cache_hits.inc()
+            return
+        if level.alpha in self._refused:
+            return
+        task = self._loop.create_task(self._settle_then_prepare(level, self._generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def run_failed(self, prepared: Prepared, e: Exception) -> None:
+        """A session raised on a request (which tier 1 then answers): stop using it."""
+        if self.active is prepared:
+            self.active = None
+        if self._loop is not None:  # the cache belongs to the event loop's thread
+            self._loop.call_soon_threadsafe(self.cache.pop, prepared.alpha, None)
+        self._fail("run", e)
+
+    async def _settle_then_prepare(self, level: Level, generation: int) -> None:
+        await asyncio.sleep(self.settle_s)
+        if generation != self._generation or not self._is_current(level):
+            return  # passed through: not current for the whole settle delay
+        if level.alpha in self._pending:
+            return  # an earlier visit's preparation is still running; it installs itself
+        self._pending.add(level.alpha)
+        try:
+            prepared = await self._prepare(level)
+        except _Stale:
+            return
+        except Tier2Failure as e:
+            if e.reason in ("unsupported", "export", "budget", "mismatch"):
+                self._refused.add(level.alpha)
+            self._fail(e.reason, e)
+            return
+        except Exception as e:  # a bug in tier 2 must never reach a request
+            self._fail("internal", e)
+            return
+        finally:
+            self._pending.discard(level.alpha)
+        self._store(prepared)
+        if self._is_current(level):
+            self.active = prepared  # the atomic swap
+            log.info(
+                "tier 2 serving",
+                extra={"alpha": level.alpha, "gamma": level.gamma, "onnx_bytes": prepared.nbytes},
+            )
+
+    async def _prepare(self, level: Level) -> Prepared:
+        why = refusal(level)
+        if why is not None:
+            raise Tier2Failure("unsupported", why)
+        loop = asyncio.get_running_loop()
+        x = warmup_batch(self.input_size)
+
+        def export_if_current() -> tuple[float, bytes, torch.Tensor]:
+            # Checked when the export thread is free, not when queued: under contention a
+            # backlog of levels the controller has already left would keep the CPU busy.
+            if not self._is_current(level):
+                raise _Stale
+            self.metrics.tier2_cache_misses.inc()
+            return time.perf_counter(), *self.export_fn(self.net, level, x)
+
+        try:
+            start, model, reference = await loop.run_in_executor(
+                self._export_pool, export_if_current
+            )
+        except _Stale:
+            raise
+        except Exception as e:
+            raise Tier2Failure("export", f"{type(e).__name__}: {e}") from e
+        if len(model) > self.budget_bytes:
+            raise Tier2Failure("budget", f"{len(model)} bytes > budget {self.budget_bytes}")
+
+        def open_and_verify() -> Prepared:
+            try:
+                session = self.session_fn(model, self.threads)
+            except Exception as e:
+                raise Tier2Failure("session", f"{type(e).__name__}: {e}") from e
+            p = Prepared(level.alpha, level.gamma, level.family, session, len(model))
+            verify(p, x, reference, self.tolerance)
+            return p
+
+        prepared = await loop.run_in_executor(self._session_pool, open_and_verify)
+        self.metrics.tier2_prepare.observe(time.perf_counter() - start)
+        return prepared
+
+    def _store(self, prepared: Prepared) -> None:
+        """Insert, then evict least recently used sessions until the budget holds: others first,
+        then whichever of the new and the active session is not serving the current level."""
+        self.cache[prepared.alpha] = prepared
+        self.cache.move_to_end(prepared.alpha)
+        keep = {id(prepared), id(self.active)}
+        for alpha, p in list(self.cache.items()):
+            if self.cached_bytes <= self.budget_bytes:
+                break
+            if id(p) not in keep:
+                del self.cache[alpha]
+        if self.cached_bytes > self.budget_bytes and self.active is not None:
+            loser = self.active if self._is_current(prepared) else prepared
+            self.cache.pop(loser.alpha, None)
+            if loser is self.active:
+                self.active = None
+        self.metrics.tier2_cache_bytes.set(self.cached_bytes)
+
+    @property
+    def cached_bytes(self) -> int:
+        return sum(p.nbytes for p in self.cache.values())
+
+    def _is_current(self, level: Level | Prepared) -> bool:
+        now = self.current()
+        return (now.alpha, now.gamma) == (level.alpha, level.gamma)
+
+    def _fail(self, reason: str, e: Exception) -> None:
+        self.metrics.tier2_failures.labels(reason).inc()
+        if reason not in self._logged:  # once per reason: a failing level retries on return
+            self._logged.add(reason)
+            log.warning("tier 2 unavailable, serving on tier 1", extra={"reason": str(e)})
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "cached_alphas": list(self.cache),
+            "cached_bytes": self.cached_bytes,
+            "budget_bytes": self.budget_bytes,
+            "settle_s": self.settle_s,
+        }
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.active = None
+        self._export_pool.shutdown(wait=False, cancel_futures=True)
+        self._session_pool.shutdown(wait=False, cancel_futures=True)
