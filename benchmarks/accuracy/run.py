@@ -72,7 +72,10 @@ def main() -> None:
     path = RESULTS / "accuracy.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        json.dumps({"machine": machine(), "settings": settings, "families": results}, indent=2)
+        json.dumps(
+            {"machine": machine(), "settings": settings, "seeds": args.seeds, "families": results},
+            indent=2,
+        )
     )
     print(f"saved {path}")
     if args.ship:

@@ -1,0 +1,40 @@
+"""The checkpoints `make accuracy` ships score what their metadata and ACCURACY.md say."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models import checkpoint
+from models.data import load_digits
+from models.evaluate import accuracy_at_levels
+from tests.helpers import ROOT
+
+SHIPPED = ["unstructured", "quantization"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.mark.parametrize("family", SHIPPED)
+def test_shipped_checkpoint_matches_its_metadata_and_the_report(family, digits):
+    path = ROOT / "models" / "weights" / f"digits_{family}_point.safetensors"
+    net, meta, _ = checkpoint.load(path)
+    assert (meta.family, meta.kind, meta.norm) == (family, "point", "group")
+
+    stored = meta.accuracy
+    again = accuracy_at_levels(net, digits.test, [r["alpha"] for r in stored], meta.mean, meta.std)
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in stored]
+
+    # The same network's row in benchmarks/results/accuracy.json, for the seed it was trained with.
+    results = json.loads((ROOT / "benchmarks" / "results" / "accuracy.json").read_text())
+    seed = meta.training["seed"]
+    lcs = next(m for m in results["families"][family] if m["label"] == "LCS+P+IN")
+    gammas = [r["gamma"] for r in lcs["rows"]]
+    alphas = [meta.spec.calc.alpha(g) for g in gammas]
+    measured = accuracy_at_levels(net, digits.test, alphas, meta.mean, meta.std)
+    index = results["seeds"].index(seed)
+    assert [r["accuracy"] for r in measured] == [r["seeds"][index] for r in lcs["rows"]]
