@@ -49,13 +49,17 @@ def resnet18_checkpoint(path: Path) -> Path:
 
 
 def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, Any]:
-    """Each round times every variant once, in turn: drift in machine load hits all alike."""
+    """Each round times every variant once, in turn: drift in machine load hits all alike.
+    The order rotates each round: a variant always timed right after a PyTorch forward pass
+    would always start on caches that pass evicted."""
     for fn in variants.values():
         fn()
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
+    names = list(variants)
+    for i in range(repeats):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            fn = variants[name]
             t0 = time.perf_counter()
             fn()
             times[name].append(1e3 * (time.perf_counter() - t0))
