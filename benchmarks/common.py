@@ -30,6 +30,31 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, 
     return {"median_ms": statistics.median(times), "p25_ms": q[0], "p75_ms": q[-1], "n": len(times)}
 
 
+def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, Any]:
+    """Each round times every variant once, in turn: drift in machine load hits all alike.
+    The order rotates each round: a variant always timed right after a PyTorch forward pass
+    would always start on caches that pass evicted."""
+    for fn in variants.values():
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    for i in range(repeats):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            fn = variants[name]
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    return {k: {"median_ms": statistics.median(v), "n": len(v)} for k, v in times.items()} | {
+        "_times": times
+    }
+
+
+def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of a/b measured in the same round."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     try:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,62 +13,15 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from benchmarks.common import save
-from models import ARCHITECTURES, SubspaceSpec, checkpoint, create_model
-from models.checkpoint import Metadata
+from benchmarks.common import interleaved, ratio, save
 from server import wiring
 from server.metrics import Metrics
 from server.runtime import Runtime
 from server.settings import Settings
 from server.tier2 import export, session_options, warmup_batch
+from tests.helpers import make_checkpoint
 
 WIDTHS = (1.0, 0.25)  # structured γ: full width and the narrowest trained one
-
-
-def resnet18_checkpoint(path: Path) -> Path:
-    """A randomly initialised ResNet18 structured point subspace: latency needs no training."""
-    torch.manual_seed(0)
-    spec = SubspaceSpec("structured")
-    net = create_model("resnet18", spec).eval()
-    a = ARCHITECTURES["resnet18"]
-    meta = Metadata(
-        arch="resnet18",
-        family="structured",
-        kind="point",
-        calculator=spec.calc.to_dict(),
-        num_classes=a.num_classes,
-        class_names=[str(i) for i in range(a.num_classes)],
-        input_size=list(a.input_size),
-        mean=[0.0] * 3,
-        std=[1.0] * 3,
-    )
-    checkpoint.save(path, net, meta)
-    return path
-
-
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, Any]:
-    """Each round times every variant once, in turn: drift in machine load hits all alike.
-    The order rotates each round: a variant always timed right after a PyTorch forward pass
-    would always start on caches that pass evicted."""
-    for fn in variants.values():
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    names = list(variants)
-    for i in range(repeats):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            fn = variants[name]
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(1e3 * (time.perf_counter() - t0))
-    return {k: {"median_ms": statistics.median(v), "n": len(v)} for k, v in times.items()} | {
-        "_times": times
-    }
-
-
-def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
-    """Median over rounds of a/b measured in the same round."""
-    return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
 
 async def until_onnx(rt: Runtime, timeout_s: float = 600) -> float:
@@ -172,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            ckpt = None if name == "default" else resnet18_checkpoint(Path(tmp) / "r18.safetensors")
+            r18 = Path(tmp) / "r18.safetensors"
+            ckpt = None if name == "default" else make_checkpoint(r18, "resnet18")
             r = asyncio.run(measure(name, ckpt, args.repeats))
             print(
                 f"{name:>8} tier-2 latency γ={r['rows'][0]['gamma']:g} / "

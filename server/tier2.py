@@ -114,18 +114,34 @@ def verify(prepared: Prepared, x: torch.Tensor, reference: torch.Tensor, toleran
         raise Tier2Failure("mismatch", f"max |Δlogits| {diff:.3g} > {bound:.3g}")
 
 
+def ensure_supported(level: Level) -> None:
+    why = refusal(level)
+    if why is not None:
+        raise Tier2Failure("unsupported", why)
+
+
+def verified(
+    level: Level,
+    session: ort.InferenceSession,
+    model: bytes,
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    tol: float,
+) -> Prepared:
+    """The session wrapped for `level`, once it reproduces tier 1's `reference` on `x`."""
+    p = Prepared(level.alpha, level.gamma, level.family, session, len(model))
+    verify(p, x, reference, tol)
+    return p
+
+
 def prepare(
     net: SubspaceNet, level: Level, input_size: tuple[int, int, int], threads: int, tol: float
 ) -> Prepared:
     """Export, open and verify in one call (tests and benchmarks; the daemon splits it up)."""
-    why = refusal(level)
-    if why is not None:
-        raise Tier2Failure("unsupported", why)
+    ensure_supported(level)
     x = warmup_batch(input_size)
     model, reference = export(net, level, x)
-    p = Prepared(level.alpha, level.gamma, level.family, open_session(model, threads), len(model))
-    verify(p, x, reference, tol)
-    return p
+    return verified(level, open_session(model, threads), model, x, reference, tol)
 
 
 def _lower_priority() -> None:
@@ -236,9 +252,7 @@ class Tier2:
             )
 
     async def _prepare(self, level: Level) -> Prepared:
-        why = refusal(level)
-        if why is not None:
-            raise Tier2Failure("unsupported", why)
+        ensure_supported(level)
         loop = asyncio.get_running_loop()
         x = warmup_batch(self.input_size)
 
@@ -266,9 +280,7 @@ class Tier2:
                 session = self.session_fn(model, self.threads)
             except Exception as e:
                 raise Tier2Failure("session", f"{type(e).__name__}: {e}") from e
-            p = Prepared(level.alpha, level.gamma, level.family, session, len(model))
-            verify(p, x, reference, self.tolerance)
-            return p
+            return verified(level, session, model, x, reference, self.tolerance)
 
         prepared = await loop.run_in_executor(self._session_pool, open_and_verify)
         self.metrics.tier2_prepare.observe(time.perf_counter() - start)

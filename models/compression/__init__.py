@@ -67,8 +67,12 @@ class LevelCompressor:
         self._ctx: dict[str, Any] = {"orders": {} if cache else None}
         self._levels: dict[float, Level] = {}
 
-    def __call__(self, alpha: float) -> Level:
+    def __call__(self, alpha: float, gamma: float | None = None) -> Level:
+        """The level at α; `gamma` overrides γ(α) at the same ω*(α) (training's dense warm-up
+        prunes less than γ(α)) and is never cached."""
         alpha = self.spec.calc.clamp(alpha)
+        if gamma is not None:
+            return self._compress(alpha, gamma)
         if self.cache:
             with torch.no_grad():
                 return self._cached(alpha)
@@ -93,10 +97,5 @@ class LevelCompressor:
 
 
 def compress(net: SubspaceNet, alpha: float, gamma: float | None = None) -> Level:
-    """f(ω*(α), γ(α)) for `net`, differentiable (training); servers use a cached LevelCompressor.
-
-    `gamma` overrides γ(α) at the same ω*(α): training's dense warm-up prunes less than γ(α)."""
-    compressor = LevelCompressor(net)
-    if gamma is None:
-        return compressor(alpha)
-    return compressor._compress(net.spec.calc.clamp(alpha), gamma)
+    """f(ω*(α), γ(α)) for `net`, differentiable (training); servers use a cached LevelCompressor."""
+    return LevelCompressor(net)(alpha, gamma)

@@ -37,6 +37,22 @@ def stray_workers() -> list[str]:
     return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
 
 
+def run_module(module: str, args: list[str], env: dict[str, str], timeout: float = 300):
+    """`python -m module args` from the project root, with `env` over this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def report_env(results, report_dir) -> dict[str, str]:
+    return {"LCS_BENCH_RESULTS": str(results), "LCS_BENCH_REPORT_DIR": str(report_dir)}
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     return tmp_path_factory.mktemp("bench")
@@ -44,21 +60,9 @@ def results(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_script_runs_and_saves_results(name, results):
-    env = {**os.environ, "LCS_BENCH_RESULTS": str(results)}
     before = set(stray_workers())
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            f"benchmarks.{name}",
-            *(a.format(results=results) for a in TINY[name]),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = [a.format(results=results) for a in TINY[name]]
+    r = run_module(f"benchmarks.{name}", args, {"LCS_BENCH_RESULTS": str(results)}, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     saved = {"peers_compare": "peers", "accuracy.table2": "table2"}.get(name, name)
     data = json.loads((results / f"{saved}.json").read_text())
@@ -68,15 +72,7 @@ def test_script_runs_and_saves_results(name, results):
 
 
 def test_report_renders_what_was_saved(results, tmp_path):
-    env = {**os.environ, "LCS_BENCH_RESULTS": str(results), "LCS_BENCH_REPORT_DIR": str(tmp_path)}
-    r = subprocess.run(
-        [sys.executable, "-m", "benchmarks.report"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_module("benchmarks.report", [], report_env(results, tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
     text = (tmp_path / "BENCHMARKS.md").read_text()
     for heading in (
@@ -98,15 +94,7 @@ def test_accuracy_report_shows_what_the_checkpoints_score(results, tmp_path):
     from models.data import load_digits
     from models.evaluate import accuracy_at_levels
 
-    env = {**os.environ, "LCS_BENCH_RESULTS": str(results), "LCS_BENCH_REPORT_DIR": str(tmp_path)}
-    r = subprocess.run(
-        [sys.executable, "-m", "benchmarks.accuracy.report"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_module("benchmarks.accuracy.report", [], report_env(results, tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
     text = (tmp_path / "ACCURACY.md").read_text()
     assert "## Unstructured sparsity" in text and "## Profile of the paper's networks" in text
