@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,6 +16,7 @@ import torch
 
 from models import Level, SubspaceNet
 from models.export import to_onnx
+from server.exporter import Exporter, ExporterDied
 from server.metrics import Metrics
 
 log = logging.getLogger("lcs.server")
@@ -144,12 +142,6 @@ def prepare(
     return verified(level, open_session(model, threads), model, x, reference, tol)
 
 
-def _lower_priority() -> None:
-    # Linux nice is per thread: only this thread (and threads it starts) yields to serving.
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
 class Tier2:
     """Prepares the settled level in the background and keeps sessions in an LRU by bytes.
 
@@ -174,11 +166,12 @@ class Tier2:
         self.settle_s, self.budget_bytes, self.tolerance = settle_s, budget_bytes, tolerance
         self.active: Prepared | None = None
         self.cache: OrderedDict[float, Prepared] = OrderedDict()  # α → session, oldest first
-        # Export (tracing, the heavy part) at low priority; the session opens on a thread of
-        # normal priority, since ORT's pool threads inherit the nice value of their creator.
-        self._export_pool = ThreadPoolExecutor(
-            1, thread_name_prefix="lcs-tier2-export", initializer=_lower_priority
-        )
+        # Export (tracing, the heavy part) runs in a child process at nice 10; this thread only
+        # waits for it. The session opens on a thread of normal priority, since ORT's pool
+        # threads inherit the nice value of their creator.
+        self.exporter = Exporter(net)
+        self._export_pool = ThreadPoolExecutor(1, thread_name_prefix="lcs-tier2-export")
+        self._export_pool.submit(self.exporter.start)  # its torch import, off start-up's path
         self._session_pool = ThreadPoolExecutor(1, thread_name_prefix="lcs-tier2-session")
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: set[float] = set()  # α being prepared now
@@ -189,7 +182,8 @@ class Tier2:
         self._logged: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Seams for failure injection in tests.
-        self.export_fn = export
+        self.export_fn: Callable[[SubspaceNet, Level, torch.Tensor], tuple[bytes, torch.Tensor]]
+        self.export_fn = self.exporter
         self.session_fn = open_session
 
     def serving(self, level: Level) -> Prepared | None:
@@ -270,6 +264,8 @@ class Tier2:
             )
         except _Stale:
             raise
+        except ExporterDied as e:  # not the level's fault: tried again on its next visit
+            raise Tier2Failure("exporter", str(e)) from e
         except Exception as e:
             raise Tier2Failure("export", f"{type(e).__name__}: {e}") from e
         if len(model) > self.budget_bytes:
@@ -332,4 +328,5 @@ class Tier2:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.active = None
         self._export_pool.shutdown(wait=False, cancel_futures=True)
+        self.exporter.close()
         self._session_pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,136 @@
+"""Tier 2's exporter: a child process that traces levels to ONNX, away from the serving GIL."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from multiprocessing.connection import Connection
+
+import torch
+
+from models import Level, SubspaceNet
+from models.export import to_onnx
+from models.layers import LayerParams
+
+
+class ExporterDied(Exception):
+    """The child process is gone (killed, out of memory); the next export starts a new one."""
+
+
+def portable(level: Level) -> Level:
+    """The level with every tensor its own contiguous copy, outside inference mode: a sliced view
+    would pickle its whole parent storage, and an inference tensor does not pickle at all."""
+    params = {
+        key: LayerParams(
+            p.weight.detach().clone().contiguous(),
+            None if p.bias is None else p.bias.detach().clone().contiguous(),
+            p.groups,
+            p.act_bits,
+        )
+        for key, p in level.params.items()
+    }
+    return Level(level.alpha, level.gamma, level.family, level.kind, params)
+
+
+def _serve(conn: Connection, net: SubspaceNet) -> None:
+    """The child: answer (level, example) with ONNX bytes (or the exception) until EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the parent's to handle
+    os.nice(10)  # the whole process yields the cores to serving
+    torch.set_num_threads(1)
+    while True:
+        try:
+            level, example = conn.recv()
+        except EOFError:  # the parent closed the pipe or died
+            return
+        try:
+            conn.send(to_onnx(net, level, example))
+        except Exception as e:
+            conn.send(e)
+
+
+class Exporter:
+    """Runs `to_onnx` in one long-lived child process, started on first use.
+
+    TorchScript tracing holds the GIL for most of its length. On a thread of the serving
+    process at low priority, a starved tracer holding the GIL stalled requests behind it; in a
+    process of its own, at nice 10, it only takes what the cores have spare. Callers queue on
+    a lock: the child exports one level at a time.
+    """
+
+    def __init__(self, net: SubspaceNet) -> None:
+        self._net = net
+        self._lock = threading.Lock()
+        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Start the child now (it imports torch: about a second) rather than on first export."""
+        with self._lock:
+            self._ensure()
+
+    def __call__(
+        self, net: SubspaceNet, level: Level, x: torch.Tensor
+    ) -> tuple[bytes, torch.Tensor]:
+        """ONNX bytes of `level` from the child, and tier 1's logits on `x` from `net` here."""
+        with torch.inference_mode():
+            reference = net(x, level)
+        with self._lock:
+            conn = self._ensure()
+            try:
+                conn.send((portable(level), x))
+                out = conn.recv()
+            except (EOFError, OSError) as e:
+                self._reset()
+                raise ExporterDied(f"export process ended: {e}") from e
+        if isinstance(out, Exception):
+            raise out
+        return out, reference
+
+    def _ensure(self) -> Connection:
+        if self._closed:
+            raise ExporterDied("the exporter is closed")
+        if self._proc is not None and not self._proc.is_alive():
+            self._reset()
+        if self._conn is None:
+            # spawn, not fork: a forked copy of a process running torch and ORT thread pools
+            # may inherit a held lock; spawn starts clean.
+            ctx = multiprocessing.get_context("spawn")
+            parent, child = ctx.Pipe()
+            self._proc = ctx.Process(
+                target=_serve, args=(child, self._net), name="lcs-tier2-export", daemon=True
+            )
+            self._proc.start()
+            child.close()
+            self._conn = parent
+            if self._closed:  # close() ran while the child was starting
+                self._reset()
+                raise ExporterDied("the exporter is closed")
+        return self._conn
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._proc is not None and self._proc.pid is not None:  # pid: started
+            self._proc.kill()
+            self._proc.join(timeout=5)
+        self._proc, self._conn = None, None
+
+    def close(self) -> None:
+        """Kill the child; an export in progress is abandoned (its caller sees ExporterDied)."""
+        self._closed = True
+        proc = self._proc
+        if proc is not None and proc.pid is not None:
+            proc.kill()
+            proc.join(timeout=5)
+        if self._lock.acquire(blocking=False):  # else the exporting thread resets on EOF
+            try:
+                self._reset()
+            finally:
+                self._lock.release()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
