@@ -10,7 +10,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
@@ -66,10 +65,9 @@ class Prepared:
     def matches(self, level: Level) -> bool:
         return (self.alpha, self.gamma, self.family) == (level.alpha, level.gamma, level.family)
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a (B, C, H, W) batch."""
-        out = self.session.run(None, {"x": np.ascontiguousarray(x.numpy(), dtype=np.float32)})
-        return torch.from_numpy(out[0])
+    def run(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
+        """Logits (or "probabilities") for a (B, C, H, W) float32 batch."""
+        return torch.from_numpy(self.session.run([output], {"x": x.contiguous().numpy()})[0])
 
 
 def warmup_batch(input_size: tuple[int, int, int]) -> torch.Tensor:
@@ -160,6 +158,7 @@ class Tier2:
         settle_s: float,
         budget_bytes: int,
         tolerance: float,
+        exporter_idle_s: float | None = None,
     ) -> None:
         self.net, self.input_size, self.threads, self.metrics = net, input_size, threads, metrics
         self.current = current
@@ -169,7 +168,7 @@ class Tier2:
         # Export (tracing, the heavy part) runs in a child process at nice 10; this thread only
         # waits for it. The session opens on a thread of normal priority, since ORT's pool
         # threads inherit the nice value of their creator.
-        self.exporter = Exporter(net)
+        self.exporter = Exporter(net, exporter_idle_s)
         self._export_pool = ThreadPoolExecutor(1, thread_name_prefix="lcs-tier2-export")
         self._export_pool.submit(self.exporter.start)  # its torch import, off start-up's path
         self._session_pool = ThreadPoolExecutor(1, thread_name_prefix="lcs-tier2-session")

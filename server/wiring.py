@@ -115,6 +115,7 @@ def _tier2(rt: Runtime) -> Tier2:
         settle_s=s.tier2_settle_s,
         budget_bytes=int(s.tier2_cache_mb * 2**20),
         tolerance=s.tier2_tolerance,
+        exporter_idle_s=s.tier2_exporter_idle_s,
     )
 
 

@@ -154,3 +154,25 @@ def test_close_stops_the_child(exporting: bool):
         os.kill(pid, 0)  # reaped: no such process
     with pytest.raises(ExporterDied):
         exporter.start()
+
+
+def test_an_idle_child_exits_and_the_next_export_starts_another():
+    net = _net("small_cnn", "structured")
+    level = LevelCompressor(net)(1.0)
+    x = warmup_batch(INPUT["small_cnn"])
+    exporter = Exporter(net, idle_s=0.5)
+    try:
+        exporter(net, level, x)
+        first = exporter.pid
+        assert first is not None
+        for _ in range(600):  # bounded wait for the idle timer
+            if exporter.pid is None:
+                break
+            threading.Event().wait(0.05)
+        assert exporter.pid is None
+        with pytest.raises(ProcessLookupError):
+            os.kill(first, 0)
+        model, _ = exporter(net, level, x)
+        assert exporter.pid not in (None, first) and len(model) > 0
+    finally:
+        exporter.close()
