@@ -103,6 +103,9 @@ class SLinear(SubspaceLayer):
         return F.linear(x, p.weight, p.bias)
 
 
+NORM_EPS = 1e-5
+
+
 class SNorm(SubspaceLayer):
     """GroupNorm in place of BatchNorm: no running statistics to corrupt when ω changes (§3.5).
 
@@ -119,7 +122,7 @@ class SNorm(SubspaceLayer):
 
     def forward(self, x: Tensor, level: Level) -> Tensor:
         p = level[self.key]
-        return F.group_norm(x, p.groups, p.weight, p.bias, 1e-5)
+        return F.group_norm(x, p.groups, p.weight, p.bias, NORM_EPS)
 
 
 class SBatchNorm(SNorm):
