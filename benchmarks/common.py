@@ -30,10 +30,13 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, 
     return {"median_ms": statistics.median(times), "p25_ms": q[0], "p75_ms": q[-1], "n": len(times)}
 
 
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, Any]:
+def interleaved(
+    variants: dict[str, Callable[[], object]], repeats: int, warm: int = 0
+) -> dict[str, Any]:
     """Each round times every variant once, in turn: drift in machine load hits all alike.
-    The order rotates each round: a variant always timed right after a PyTorch forward pass
-    would always start on caches that pass evicted."""
+    The order rotates each round. With `warm`, each timed call follows that many untimed calls
+    of the same variant: a server at a settled level runs one network back to back, so its
+    steady state is caches holding that network, not the one another variant just ran."""
     for fn in variants.values():
         fn()
         fn()
@@ -42,6 +45,8 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict
     for i in range(repeats):
         for name in names[i % len(names) :] + names[: i % len(names)]:
             fn = variants[name]
+            for _ in range(warm):
+                fn()
             t0 = time.perf_counter()
             fn()
             times[name].append(1e3 * (time.perf_counter() - t0))

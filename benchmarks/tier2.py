@@ -33,7 +33,7 @@ async def until_onnx(rt: Runtime, timeout_s: float = 600) -> float:
     return time.perf_counter() - t0
 
 
-async def measure(name: str, ckpt: Path | None, repeats: int) -> dict[str, Any]:
+async def measure(name: str, ckpt: Path | None, repeats: int, warm: int) -> dict[str, Any]:
     settings = Settings(
         checkpoint=ckpt,
         controller_enabled=False,
@@ -78,6 +78,7 @@ async def measure(name: str, ckpt: Path | None, repeats: int) -> dict[str, Any]:
                     "tier1": tier1,
                 },
                 repeats,
+                warm,
             )
             times = t.pop("_times")
             rows.append(
@@ -107,7 +108,9 @@ async def measure(name: str, ckpt: Path | None, repeats: int) -> dict[str, Any]:
         # Full against narrowest width on tier 2: both sessions are cached, so their forward
         # passes can alternate round by round.
         wide, narrow = (rt.tier2.cache[r["alpha"]] for r in (rows[0], rows[-1]))
-        t = interleaved({"wide": lambda: wide.run(x), "narrow": lambda: narrow.run(x)}, repeats)
+        t = interleaved(
+            {"wide": lambda: wide.run(x), "narrow": lambda: narrow.run(x)}, repeats, warm
+        )
         result["tier2_wide_per_narrow"] = ratio(t.pop("_times"), "wide", "narrow")
         return result
     finally:
@@ -118,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", nargs="+", default=["default", "resnet18"])
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument(
+        "--warm", type=int, default=3, help="untimed calls of a variant before each timed one"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     results = []
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.models:
             r18 = Path(tmp) / "r18.safetensors"
             ckpt = None if name == "default" else make_checkpoint(r18, "resnet18")
-            r = asyncio.run(measure(name, ckpt, args.repeats))
+            r = asyncio.run(measure(name, ckpt, args.repeats, args.warm))
             print(
                 f"{name:>8} tier-2 latency γ={r['rows'][0]['gamma']:g} / "
                 f"γ={r['rows'][-1]['gamma']:g}: {r['tier2_wide_per_narrow']:.2f}; "
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
             results.append(r)
-    print("saved", save("tier2", {"threads": 1, "batch": 1, "models": results}))
+    meta = {"threads": 1, "batch": 1, "warm": args.warm}
+    print("saved", save("tier2", meta | {"models": results}))
 
 
 if __name__ == "__main__":
