@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # Tier 2: the settled level served from an ONNX Runtime session (tier 1, PyTorch, meanwhile)
     # Off by default: the controller's profile and latency predictions are measured on tier 1;
     # with tier 2 serving, its end-to-end test no longer widens again after a CPU burst.
-    tier2_enabled: bool = False
+    tier2_enabled: bool = True
     tier2_settle_s: float = Field(1.0, ge=0)  # a level left sooner is never prepared
     tier2_cache_mb: float = Field(256.0, ge=0)  # LRU budget of cached sessions' ONNX bytes
     # The export process (350-560 MB resident) exits after this long without work.
@@ -76,13 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         p.add_argument(flag, type=typ, default=None, help=f"(env LCS_{name.upper()})")
     p.add_argument("--no-controller", action="store_true", help="(env LCS_CONTROLLER_ENABLED=0)")
-    p.add_argument("--tier2", action="store_true", help="(env LCS_TIER2_ENABLED=1)")
+    p.add_argument("--no-tier2", action="store_true", help="(env LCS_TIER2_ENABLED=0)")
 
 
 def from_args(args: argparse.Namespace) -> Settings:
     overrides = {k: getattr(args, k) for k in CLI_OPTIONS if getattr(args, k, None) is not None}
     if getattr(args, "no_controller", False):
         overrides["controller_enabled"] = False
-    if getattr(args, "tier2", False):
-        overrides["tier2_enabled"] = True
+    if getattr(args, "no_tier2", False):
+        overrides["tier2_enabled"] = False
     return Settings(**overrides)

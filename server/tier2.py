@@ -170,7 +170,6 @@ class Tier2:
         # threads inherit the nice value of their creator.
         self.exporter = Exporter(net, exporter_idle_s)
         self._export_pool = ThreadPoolExecutor(1, thread_name_prefix="lcs-tier2-export")
-        self._export_pool.submit(self.exporter.start)  # its torch import, off start-up's path
         self._session_pool = ThreadPoolExecutor(1, thread_name_prefix="lcs-tier2-session")
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: set[float] = set()  # α being prepared now
@@ -203,6 +202,9 @@ class Tier2:
             return
         if level.alpha in self._refused:
             return
+        # The export process (if it is not running) starts during the settle delay: its
+        # torch import is then not added to the preparation's time.
+        self._export_pool.submit(self.exporter.start)
         task = self._loop.create_task(self._settle_then_prepare(level, self._generation))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -3,6 +3,7 @@ requests, and any failure leaves the daemon answering from tier 1."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from server import wiring
 from server.app import create_app
 from server.metrics import Metrics
 from server.runtime import Runtime
-from server.settings import Settings
+from server.settings import Settings, add_arguments, from_args
 from server.tier2 import Prepared, Tier2, Tier2Failure, prepare
 from tests.helpers import digits, encode
 
@@ -260,7 +261,7 @@ def test_a_session_that_fails_on_a_request_falls_back_to_tier1():
 
 
 def test_tier2_off_serves_torch_only():
-    assert Settings.model_fields["tier2_enabled"].default is False  # opt-in
+    assert Settings.model_fields["tier2_enabled"].default is True  # on unless turned off
 
     async def main() -> dict:
         async with daemon(tier2_enabled=False) as (rt, client):
@@ -310,3 +311,12 @@ def test_the_cache_evicts_least_recently_used_sessions_to_fit_its_budget():
     tier2._store(fake(0.0))  # not current: it yields to the active session
     assert list(tier2.cache) == [0.5] and tier2.active is not None
     assert tier2.cached_bytes == 100
+
+
+def test_tier2_is_turned_off_by_flag_or_environment(monkeypatch: pytest.MonkeyPatch):
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert from_args(p.parse_args([])).tier2_enabled is True
+    assert from_args(p.parse_args(["--no-tier2"])).tier2_enabled is False
+    monkeypatch.setenv("LCS_TIER2_ENABLED", "0")
+    assert from_args(p.parse_args([])).tier2_enabled is False
