@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -145,23 +146,48 @@ def speedup_section(d: dict[str, Any]) -> str:
 
 
 def server_section(d: dict[str, Any]) -> str:
+    runs: dict[tuple[str, float, int], list[dict[str, Any]]] = {}
+    for r in d["rows"]:
+        runs.setdefault((r.get("tier", "torch"), r["gamma"], r["concurrency"]), []).append(r)
     rows = [
-        [r["gamma"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
-        for r in d["rows"]
+        [tier, g, c, len(rs)]
+        + [statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms")]
+        + [sum(r["errors"] for r in rs)]
+        for (tier, g, c), rs in runs.items()
     ]
     split = [
-        [g, s["total"], s["decode"], s["queue"], s["forward"], s["http_and_framework"]]
-        for g, s in d["split_ms"].items()
+        [*key.split(), s["total"], s["decode"], s["queue"], s["forward"], s["http_and_framework"]]
+        for key, s in d["split_ms"].items()
     ]
-    return (
+    out = (
         "## Server throughput and latency\n\n`python -m benchmarks.server_load`: the default "
         "model, `hey` on the same 2 cores as the server (it takes a share of the CPU), "
-        f"{d['threads']} torch threads, raw PNG bodies.\n\n"
-        + table(["γ", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+        f"{d['threads']} torch threads, raw PNG bodies. One server per tier (`torch`: tier 2 "
+        "off), runs alternating between them; medians over the runs.\n\n"
+        + table(["tier", "γ", "concurrency", "runs", "req/s", "p50 ms", "p99 ms", "errors"], rows)
         + "\n\nWhere a request's time goes at concurrency 1 (medians, ms):\n\n"
-        + table(["γ", "total", "decode", "queue", "forward", "HTTP + framework"], split)
+        + table(["tier", "γ", "total", "decode", "queue", "forward", "HTTP + framework"], split)
         + "\n"
     )
+    if "allowed_speedup" in d:
+        cmp = []
+        for (tier, g, c), rs in runs.items():
+            if tier != "onnx" or ("torch", g, c) not in runs:
+                continue
+            on, off = rs, runs[("torch", g, c)]
+            rps = statistics.median(r["rps"] for r in on) / statistics.median(r["rps"] for r in off)
+            p99 = statistics.median(r["p99_ms"] for r in off) / statistics.median(
+                r["p99_ms"] for r in on
+            )
+            cmp.append([g, c, rps, p99, d["allowed_speedup"][f"{g:g}"]])
+        out += (
+            "\nTier 2 against tier 1 alone: throughput ratio, p99 ratio (tier 1 / tier 2), and "
+            "what the forward pass allows (tier 1's request at concurrency 1 with its forward "
+            "time replaced by tier 2's):\n\n"
+            + table(["γ", "concurrency", "req/s ratio", "p99 ratio", "allowed"], cmp)
+            + "\n"
+        )
+    return out
 
 
 def adaptation_section(d: dict[str, Any]) -> str:

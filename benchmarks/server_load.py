@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -30,12 +31,37 @@ def split(url: str, png: bytes, n: int = 300) -> dict[str, float]:
     return med
 
 
+def settle(url: str, gamma: float, tier: str, timeout_s: float = 120) -> None:
+    """Pin γ, then wait until the tier under test serves it (tier 2 prepares in the background)."""
+    httpx.put(url + "/level", json={"mode": "fixed", "gamma": gamma})
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(url + "/level").json()["tier"] != tier:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"γ={gamma} never served by {tier}")
+        time.sleep(0.05)
+
+
+def allowed(splits: dict[str, dict[str, float]]) -> float:
+    """The end-to-end speed-up the forward pass alone allows: tier 1's request with its
+    forward time replaced by tier 2's (everything else unchanged)."""
+    t1, t2 = splits["torch"], splits["onnx"]
+    return t1["total"] / (t1["total"] - t1["forward"] + t2["forward"])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--gammas", type=float, nargs="+", default=[1.0, 0.25])
     p.add_argument("--threads", default="2")
+    p.add_argument(
+        "--tiers",
+        nargs="+",
+        choices=["onnx", "torch"],
+        default=["onnx", "torch"],
+        help="one server per tier (torch: tier 2 off); their runs alternate",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="runs per tier, γ and concurrency")
     args = p.parse_args(argv)
     png = encode(digits(1)[0][0])
     body = Path(tempfile.mkdtemp()) / "digit.png"
@@ -47,27 +73,44 @@ def main(argv: list[str] | None = None) -> None:
         "LCS_LOG_LEVEL": "warning",
         "LCS_MAX_QUEUE": "256",
     }
-    with live_server(env) as srv:
+    with contextlib.ExitStack() as stack:
+        servers = {
+            tier: stack.enter_context(
+                live_server(env | {"LCS_TIER2_ENABLED": "1" if tier == "onnx" else "0"})
+            )
+            for tier in args.tiers
+        }
         for gamma in args.gammas:
-            httpx.put(srv.url + "/level", json={"mode": "fixed", "gamma": gamma})
-            hey(srv.url + "/predict", body, 8, 300)  # warm-up
-            splits[gamma] = split(srv.url, png)
+            for tier, srv in servers.items():
+                settle(srv.url, gamma, tier)
+                hey(srv.url + "/predict", body, 8, 300)  # warm-up
+                splits[f"{tier} {gamma:g}"] = split(srv.url, png)
             for c in args.concurrency:
-                r = hey(srv.url + "/predict", body, c, args.requests) | {"gamma": gamma}
-                rows.append(r)
+                # Rounds alternate between the servers: load drift on the machine hits both.
+                for _ in range(args.rounds):
+                    for tier, srv in servers.items():
+                        r = hey(srv.url + "/predict", body, c, args.requests)
+                        rows.append(r | {"gamma": gamma, "tier": tier})
+                        print(
+                            f"{tier:>5} γ={gamma:<5} c={c:<3} {r['rps']:8.0f} req/s  "
+                            f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
+                            f"errors {r['errors']}",
+                            flush=True,
+                        )
+            for tier in servers:
+                s = splits[f"{tier} {gamma:g}"]
                 print(
-                    f"γ={gamma:<5} c={c:<3} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms"
-                    f"  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}",
+                    f"{tier:>5} γ={gamma:<5} split at c=1 (median ms): total {s['total']:.2f} = "
+                    f"decode {s['decode']:.2f} + queue {s['queue']:.2f} + forward "
+                    f"{s['forward']:.2f} + HTTP/framework {s['http_and_framework']:.2f}",
                     flush=True,
                 )
-            s = splits[gamma]
-            print(
-                f"γ={gamma:<5} split at c=1 (median ms): total {s['total']:.2f} = decode "
-                f"{s['decode']:.2f} + queue {s['queue']:.2f} + forward {s['forward']:.2f} "
-                f"+ HTTP/framework {s['http_and_framework']:.2f}",
-                flush=True,
-            )
-    print("saved", save("server_load", {"rows": rows, "split_ms": splits, "threads": args.threads}))
+    result: dict[str, object] = {"rows": rows, "split_ms": splits, "threads": args.threads}
+    if set(args.tiers) == {"onnx", "torch"}:
+        result["allowed_speedup"] = {
+            f"{g:g}": allowed({t: splits[f"{t} {g:g}"] for t in args.tiers}) for g in args.gammas
+        }
+    print("saved", save("server_load", result))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 TINY = {
     "switch_cost": ["--archs", "small_cnn", "--repeats", "3"],
     "speedup": ["--archs", "cpreresnet20", "--batches", "1", "--threads", "1", "--repeats", "2"],
-    "server_load": ["--concurrency", "2", "--requests", "60", "--gammas", "1.0"],
+    "server_load": ["--concurrency", "2", "--requests", "60", "--gammas", "1.0", "--rounds", "1"],
     "peers_compare": ["--concurrency", "2", "--requests", "60"],
     "adaptation": ["--models", "digits", "--burners", "0", "--seconds", "4"],
     "memory": ["--arch", "small_cnn"],
