@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     tier2_enabled: bool = True
     tier2_settle_s: float = Field(1.0, ge=0)  # a level left sooner is never prepared
     tier2_cache_mb: float = Field(256.0, ge=0)  # LRU budget of cached sessions' ONNX bytes
+    # ORT intra-op threads for tier-2 sessions; unset: the daemon's torch thread count.
+    tier2_threads: int | None = Field(None, ge=1)
     # The export process (350-560 MB resident) exits after this long without work.
     tier2_exporter_idle_s: float = Field(30.0, gt=0)
     tier2_tolerance: float = Field(

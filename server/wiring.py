@@ -109,7 +109,7 @@ def _tier2(rt: Runtime) -> Tier2:
     return Tier2(
         rt.slot.net,
         (c, h, w),
-        rt.threads,
+        s.tier2_threads or rt.threads,
         rt.metrics,
         lambda: rt.slot.current,
         settle_s=s.tier2_settle_s,

@@ -320,3 +320,17 @@ def test_tier2_is_turned_off_by_flag_or_environment(monkeypatch: pytest.MonkeyPa
     assert from_args(p.parse_args(["--no-tier2"])).tier2_enabled is False
     monkeypatch.setenv("LCS_TIER2_ENABLED", "0")
     assert from_args(p.parse_args([])).tier2_enabled is False
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, 2), (1, 1)])
+def test_tier2_sessions_use_the_daemons_threads_unless_set(setting: int | None, expected: int):
+    async def main() -> tuple[int, int]:
+        async with daemon(torch_threads=2, tier2_threads=setting) as (rt, _client):
+            assert rt.tier2 is not None
+            await until(lambda: rt.tier() == "onnx")
+            p = rt.tier2.active
+            assert p is not None
+            options = p.session.get_session_options()
+            return rt.tier2.threads, options.intra_op_num_threads
+
+    assert asyncio.run(main()) == (expected, expected)
