@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import psutil
 import pytest
 
 from tests.helpers import ROOT, digits, encode, live_server, reference_probabilities
@@ -172,3 +173,39 @@ def test_metrics_pass_promtool_and_logs_are_json(images):
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_tier2_in_a_live_process_answers_at_the_reported_level_and_leaves_no_child(images):
+    """The default daemon, tier 2 on: responses come from ONNX Runtime at the level they
+    report, the export process runs at nice 10, and SIGTERM leaves no process behind."""
+    arrs, pngs, _ = images
+    results = []
+    with live_server({"LCS_CONTROLLER_ENABLED": "0", "LCS_TIER2_SETTLE_S": "0.2"}) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            for gamma in (0.5, 0.25, 0.5):  # the second 0.5 comes from the session cache
+                assert c.put("/level", json={"mode": "fixed", "gamma": gamma}).status_code == 200
+                deadline = time.monotonic() + 120  # a bound on waiting, not a timing check
+                while c.get("/level").json()["tier"] != "onnx":
+                    assert time.monotonic() < deadline, "tier 2 never served"
+                    time.sleep(0.05)
+                for j, png in enumerate(pngs):
+                    r = c.post("/predict", content=png, headers={"content-type": "image/png"})
+                    assert r.status_code == 200
+                    results.append((j, r.json()))
+            metrics = c.get("/metrics").text
+        parent = psutil.Process(srv.proc.pid)
+        children = parent.children(recursive=True)
+        exporters = [p for p in children if p.nice() == parent.nice() + 10]
+        assert len(exporters) == 1, [(p.pid, p.nice(), p.cmdline()) for p in children]
+        srv.proc.send_signal(signal.SIGTERM)
+        code = srv.proc.wait(30)
+    assert code == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    assert "lcs_tier2_cache_hits_total 1.0" in metrics
+    assert {body["level"]["tier"] for _, body in results} == {"onnx"}
+    for j, body in results:
+        ref = reference_probabilities(arrs[j], body["level"]["alpha"])
+        top = body["predictions"][0]
+        assert top["index"] == int(ref.argmax())
+        assert abs(top["probability"] - float(ref.max())) <= 1e-4
