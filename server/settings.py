@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     tier2_cache_mb: float = Field(256.0, ge=0)  # LRU budget of cached sessions' ONNX bytes
     # ORT intra-op threads for tier-2 sessions; unset: the daemon's torch thread count.
     tier2_threads: int | None = Field(None, ge=1)
+    # Let ORT's pool threads spin between runs: more throughput under concurrency, ~30 ms of
+    # a core burnt after each run when traffic is sparse (README, "Two tiers").
+    tier2_spin: bool = False
     # The export process (350-560 MB resident) exits after this long without work.
     tier2_exporter_idle_s: float = Field(30.0, gt=0)
     tier2_tolerance: float = Field(

@@ -116,6 +116,7 @@ def _tier2(rt: Runtime) -> Tier2:
         budget_bytes=int(s.tier2_cache_mb * 2**20),
         tolerance=s.tier2_tolerance,
         exporter_idle_s=s.tier2_exporter_idle_s,
+        spin=s.tier2_spin,
     )
 
 

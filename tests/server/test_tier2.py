@@ -322,15 +322,22 @@ def test_tier2_is_turned_off_by_flag_or_environment(monkeypatch: pytest.MonkeyPa
     assert from_args(p.parse_args([])).tier2_enabled is False
 
 
-@pytest.mark.parametrize(("setting", "expected"), [(None, 2), (1, 1)])
-def test_tier2_sessions_use_the_daemons_threads_unless_set(setting: int | None, expected: int):
-    async def main() -> tuple[int, int]:
-        async with daemon(torch_threads=2, tier2_threads=setting) as (rt, _client):
+@pytest.mark.parametrize(
+    ("threads", "spin", "expected"), [(None, False, (2, "0")), (1, True, (1, "1"))]
+)
+def test_tier2_sessions_take_the_daemons_threads_unless_set(
+    threads: int | None, spin: bool, expected: tuple[int, str]
+):
+    async def main() -> tuple[int, str]:
+        async with daemon(torch_threads=2, tier2_threads=threads, tier2_spin=spin) as (rt, _c):
             assert rt.tier2 is not None
             await until(lambda: rt.tier() == "onnx")
             p = rt.tier2.active
             assert p is not None
             options = p.session.get_session_options()
-            return rt.tier2.threads, options.intra_op_num_threads
+            assert options.intra_op_num_threads == rt.tier2.threads
+            return rt.tier2.threads, options.get_session_config_entry(
+                "session.intra_op.allow_spinning"
+            )
 
-    assert asyncio.run(main()) == (expected, expected)
+    assert asyncio.run(main()) == expected
