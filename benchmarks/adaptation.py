@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import tempfile
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     if "digits" in args.models:
         rows += run("digits", env, encode(arr), args.burners, args.seconds)
-    print("saved", save("adaptation", {"rows": rows, "seconds": args.seconds}))
+    tier2 = os.environ.get("LCS_TIER2_ENABLED", "1").lower() not in ("0", "false", "no")
+    print("saved", save("adaptation", {"rows": rows, "seconds": args.seconds, "tier2": tier2}))
 
 
 if __name__ == "__main__":

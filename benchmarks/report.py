@@ -220,7 +220,8 @@ def adaptation_section(d: dict[str, Any]) -> str:
     return (
         "## Adaptation under contention\n\n`python -m benchmarks.adaptation`: sequential "
         "requests for 15 s under `stress-ng --cpu N`, the adaptive daemon against the same "
-        "daemon pinned at full accuracy, 1 torch thread. Target = 1.6× the idle full-width "
+        "daemon pinned at full accuracy, 1 torch thread, "
+        f"tier 2 {'on' if d.get('tier2') else 'off'}. Target = 1.6× the idle full-width "
         "latency; the first 3 s (reaction time) are left out. Accuracy is the held-out "
         "accuracy of the levels that served (the ResNet18-shaped model has random weights: "
         "n/a).\n\n"
@@ -339,9 +340,11 @@ def tier2_section(d: dict[str, Any]) -> str:
         "## Two tiers\n\n`python -m benchmarks.tier2`: batch 1, one thread, one run. The "
         "daemon's forward pass on tier 1 (PyTorch) and tier 2 (its ONNX Runtime session), and "
         "a stand-alone ORT session of the same network with the same options, timed in "
-        "alternation; ratios are medians of per-round ratios. Ready: switch to tier 2 serving "
-        "a new level, settle delay 0 (the daemon's default adds 1 s). ResNet18 has random "
-        "weights.\n\n"
+        "alternation, each timed call after 3 untimed calls of the same variant (a settled "
+        "daemon runs one network back to back); ratios are medians of per-round ratios. "
+        "Ready: switch to tier 2 serving a new level, settle delay 0 (the daemon's default "
+        "adds 1 s); the first level's figure includes starting the export process. ResNet18 "
+        "has random weights.\n\n"
         + table(
             [
                 "model",
@@ -381,7 +384,11 @@ def main() -> None:
         d = load(name)
         if d is not None:
             machine = machine or d["machine"]
-            parts.append(section(d))
+            text = section(d)
+            if "note" in d:  # what a reader must know about one run, kept with its JSON
+                head, _, body = text.partition("\n\n")
+                text = f"{head}\n\n**Note on this run**: {d['note']}\n\n{body}"
+            parts.append(text)
     if machine:
         parts.insert(
             1,
