@@ -37,7 +37,10 @@ def start(rt: Runtime) -> Any:
     from controller.sensors import SystemReader
 
     reader = SystemReader(feedback=rt.feedback, on_error=lambda s: _sensor_error(rt, s))
-    profile = Profile([LevelPoint(p.alpha, p.gamma, p.latency_s, p.accuracy) for p in rt.profile])
+    profile = Profile(
+        [LevelPoint(p.alpha, p.gamma, p.latency_s, p.accuracy) for p in rt.profile],
+        measured=None if rt.tier2 is None else rt.tier2.latency,  # tier 1 profiled, tier 2 now
+    )
     ctl = Controller(
         read=reader.read,
         policy=get_policy(rt.settings.controller_policy),

@@ -19,6 +19,7 @@ from server.metrics import Metrics
 from server.preprocess import Preprocessor
 from server.settings import Settings
 from server.slot import ModelSlot
+from server.timing import median_seconds
 
 if TYPE_CHECKING:
     from server.tier2 import Tier2
@@ -136,16 +137,9 @@ class Runtime:
         self.profile = points
 
 
-def _median_forward(rt: Runtime, level: Level, x: torch.Tensor, budget_s: float = 0.3) -> float:
-    times: list[float] = []
+def _median_forward(rt: Runtime, level: Level, x: torch.Tensor) -> float:
     with torch.inference_mode():
-        rt.slot.net(x, level)  # warm-up
-        start = time.perf_counter()
-        while len(times) < 30 and (len(times) < 3 or time.perf_counter() - start < budget_s):
-            t0 = time.perf_counter()
-            rt.slot.net(x, level)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return median_seconds(lambda: rt.slot.net(x, level), budget_s=0.3)
 
 
 def _nearest(acc: dict[float, float], alpha: float) -> float | None:

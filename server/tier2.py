@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import onnxruntime as ort
@@ -18,6 +18,7 @@ from models import Level, SubspaceNet
 from models.export import to_onnx
 from server.exporter import Exporter, ExporterDied
 from server.metrics import Metrics
+from server.timing import median_seconds
 
 log = logging.getLogger("lcs.server")
 
@@ -64,6 +65,7 @@ class Prepared:
     family: str
     session: ort.InferenceSession
     nbytes: int  # the ONNX model's size: its weights dominate what the session holds
+    latency_s: float | None = None  # median batch-1 run: the controller's profile of the level
 
     def matches(self, level: Level) -> bool:
         return (self.alpha, self.gamma, self.family) == (level.alpha, level.gamma, level.family)
@@ -131,7 +133,9 @@ def verified(
     """The session wrapped for `level`, once it reproduces tier 1's `reference` on `x`."""
     p = Prepared(level.alpha, level.gamma, level.family, session, len(model))
     verify(p, x, reference, tol)
-    return p
+    one = x[:1]
+    # Timed here, on the session thread, like tier 1's profile at start-up (≤ 0.2 s).
+    return replace(p, latency_s=median_seconds(lambda: p.run(one, "probabilities"), 0.2))
 
 
 def prepare(
@@ -306,6 +310,11 @@ class Tier2:
             if loser is self.active:
                 self.active = None
         self.metrics.tier2_cache_bytes.set(self.cached_bytes)
+
+    def latency(self, alpha: float) -> float | None:
+        """How fast α is served now, if tier 2 holds it: a switch to it is a cache hit."""
+        p = self.cache.get(alpha)
+        return None if p is None else p.latency_s
 
     @property
     def cached_bytes(self) -> int:

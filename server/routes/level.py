@@ -113,9 +113,14 @@ def describe(rt: Runtime) -> dict[str, Any]:
             {
                 "alpha": p.alpha,
                 "gamma": p.gamma,
-                "latency_ms": 1e3 * p.latency_s,
+                "latency_ms": 1e3 * p.latency_s,  # tier 1, measured at start-up
+                "tier2_latency_ms": _ms(rt.tier2.latency(p.alpha) if rt.tier2 else None),
                 "accuracy": p.accuracy,
             }
             for p in rt.profile
         ],
     }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1e3 * seconds

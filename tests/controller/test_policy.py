@@ -126,3 +126,16 @@ def test_registry_and_other_policies():
     busy = linear(Readings(time=0, cpu_utilisation=0.9), OP, PROFILE, PolicyState(1.0, 0), 9)
     idle = linear(Readings(time=0, cpu_utilisation=0.0), OP, PROFILE, PolicyState(0.0, 0), 9)
     assert busy.alpha == 0.0 and idle.alpha == 1.0
+
+
+def test_a_level_measured_faster_now_is_predicted_at_its_measured_speed():
+    """A cached tier-2 level runs faster than profiled: under CPU pressure alone the policy
+    keeps a wider level than the tier-1 profile would allow."""
+    r = Readings(time=0, cpu_pressure=0.5)  # slowdown 2: fwd(α) · 2 ≤ 11 ms
+    assert decide(r).alpha == pytest.approx(4 / 6)  # 5 ms profiled: the widest that fits
+    faster = {1.0: 0.004, 5 / 6: 0.0035}  # α = 1 and 5/6 held by a faster path
+    profile = Profile(PROFILE.points, measured=faster.get)
+    assert profile.expected_latency(1.0) == 0.004 and profile.expected_latency(4 / 6) == 0.005
+    assert profile.expected_latency(11 / 12) == pytest.approx((0.004 + 0.0035) / 2)
+    d = latency_headroom(r, OP, profile, PolicyState(TOP, 0.0), 100.0)
+    assert d.alpha == TOP and d.reason == "hold"  # 4 ms · 2 = 8 ms ≤ 11 ms

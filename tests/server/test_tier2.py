@@ -341,3 +341,20 @@ def test_tier2_sessions_take_the_daemons_threads_unless_set(
             )
 
     assert asyncio.run(main()) == expected
+
+
+def test_a_prepared_level_carries_its_measured_latency_into_the_profile():
+    async def main() -> tuple[float | None, float | None, dict]:
+        async with daemon() as (rt, client):
+            assert rt.tier2 is not None
+            await until(lambda: rt.tier() == "onnx")
+            top, other = rt.slot.current.alpha, rt.slot.calc.grid(7)[0]
+            level = (await client.get("/level")).json()
+            return rt.tier2.latency(top), rt.tier2.latency(other), level
+
+    held, not_held, level = asyncio.run(main())
+    assert held is not None and 0 < held < 1 and not_held is None
+    by_alpha = {p["alpha"]: p for p in level["profile"]}
+    assert by_alpha[level["alpha"]]["tier2_latency_ms"] == pytest.approx(1e3 * held)
+    others = [p["tier2_latency_ms"] for a, p in by_alpha.items() if a != level["alpha"]]
+    assert others and all(ms is None for ms in others)
