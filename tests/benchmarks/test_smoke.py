@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from tests.helpers import ROOT
@@ -31,10 +33,18 @@ TINY = {
 }
 
 
-def stray_workers() -> list[str]:
-    """Peer servers and spawned workers alive now (some may predate the test: not ours)."""
-    pattern = "benchmarks.peers|multiprocessing.spawn"
-    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+def stray_workers(results) -> list[int]:
+    """Peer servers and spawned workers alive now that carry this run's results directory in
+    their environment: started by a benchmark of this test, not by anything else running."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "benchmarks.peers" not in cmd and "multiprocessing.spawn" not in cmd:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("LCS_BENCH_RESULTS") == str(results):
+                found.append(p.pid)
+    return found
 
 
 def run_module(module: str, args: list[str], env: dict[str, str], timeout: float = 300):
@@ -60,14 +70,14 @@ def results(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_script_runs_and_saves_results(name, results):
-    before = set(stray_workers())
+    before = set(stray_workers(results))
     args = [a.format(results=results) for a in TINY[name]]
     r = run_module(f"benchmarks.{name}", args, {"LCS_BENCH_RESULTS": str(results)}, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     saved = {"peers_compare": "peers", "accuracy.table2": "table2"}.get(name, name)
     data = json.loads((results / f"{saved}.json").read_text())
     assert data["machine"]["cores"] >= 1
-    leftover = set(stray_workers()) - before
+    leftover = set(stray_workers(results)) - before
     assert not leftover, f"{name} left processes behind: {leftover}"
 
 
