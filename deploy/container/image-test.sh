@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the Dockerfile with podman and run it for real: limits, readiness, a prediction, the CPU
-# limit seen inside (torch threads), SIGTERM and a clean exit. Prints the image size.
+# Build the Dockerfile with podman and run it for real: limits, readiness, a prediction on each
+# tier, the CPU limit seen inside (torch threads), SIGTERM and a clean exit. Prints the image size.
 set -euo pipefail
 source "$(dirname "$0")/podman-env.sh"
 IMAGE=localhost/lcs-serve:test
@@ -32,7 +32,7 @@ for i in $(seq 1 120); do
 done
 echo "ready"
 "$ROOT/.venv/bin/python" - "$PORT" <<'PY'
-import sys, httpx
+import sys, time, httpx
 from tests.helpers import digits, encode
 url = f"http://127.0.0.1:{sys.argv[1]}"
 arr, labels = digits(1)
@@ -43,6 +43,15 @@ metrics = httpx.get(url + "/metrics").text
 assert "lcs_torch_threads 1.0" in metrics, [l for l in metrics.splitlines() if "threads" in l]
 assert httpx.put(url + "/level", json={"mode": "fixed", "gamma": 0.5}).status_code == 401
 print("prediction ok; torch threads inside = 1 (the --cpus 1 limit)")
+# Tier 2 inside the image: the export process, ONNX Runtime, a read-only root file system.
+deadline = time.monotonic() + 120  # a bound on waiting, not a timing check
+while (level := httpx.get(url + "/level").json())["tier"] != "onnx":
+    assert time.monotonic() < deadline, level
+    time.sleep(0.5)
+r = httpx.post(url + "/predict", content=encode(arr[0]), headers={"content-type": "image/png"})
+assert r.json()["level"]["tier"] == "onnx", r.json()
+assert r.json()["predictions"][0]["index"] == labels[0], r.json()
+print("tier 2 serving inside")
 PY
 # podman schedules HEALTHCHECKs through systemd, absent here: run the image's check directly.
 podman healthcheck run "$NAME" && echo "healthcheck ok"

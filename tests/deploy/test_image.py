@@ -1,4 +1,4 @@
-"""The container really built with podman and run: readiness, a prediction, limits, SIGTERM."""
+"""The container really built with podman and run: readiness, predictions on both tiers, SIGTERM."""
 
 from __future__ import annotations
 
@@ -22,4 +22,5 @@ def test_image_builds_runs_and_drains():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     assert "torch threads inside = 1" in out and "healthcheck ok" in out
+    assert "tier 2 serving inside" in out
     assert "SIGTERM → exit code 0" in out
