@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -34,16 +35,19 @@ def interleaved(
     variants: dict[str, Callable[[], object]], repeats: int, warm: int = 0
 ) -> dict[str, Any]:
     """Each round times every variant once, in turn: drift in machine load hits all alike.
-    The order rotates each round. With `warm`, each timed call follows that many untimed calls
-    of the same variant: a server at a settled level runs one network back to back, so its
-    steady state is caches holding that network, not the one another variant just ran."""
+    Rounds cycle through every order of the variants, so each is preceded equally often by
+    each other one (a variant that always followed a PyTorch pass would always start on the
+    caches that pass evicted; mere rotation of three gives one variant that twice as often).
+    With `warm`, each timed call follows that many untimed calls of the same variant: a
+    server at a settled level runs one network back to back, so its steady state is caches
+    holding that network, not the one another variant just ran."""
     for fn in variants.values():
         fn()
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
-    names = list(variants)
+    orders = list(itertools.permutations(variants))
     for i in range(repeats):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
+        for name in orders[i % len(orders)]:
             fn = variants[name]
             for _ in range(warm):
                 fn()
