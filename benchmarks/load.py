@@ -7,7 +7,10 @@ import io
 import shutil
 import statistics
 import subprocess
+import time
 from pathlib import Path
+
+import httpx
 
 
 def hey(
@@ -60,3 +63,17 @@ def hey(
         "p50_ms": 1e3 * q[49],
         "p99_ms": 1e3 * q[98],
     }
+
+
+def wait_for_tier(url: str, tier: str | None = None, timeout_s: float = 120) -> str:
+    """Wait until lcs-serve answers on `tier` (default: tier 2 if it is on, else tier 1),
+    and return it: tier 2 prepares a level in the background after the settle delay."""
+    level = httpx.get(url + "/level").json()
+    want = tier or ("torch" if level["tier2"] is None else "onnx")
+    deadline = time.monotonic() + timeout_s
+    while level["tier"] != want:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} never served on {want}")
+        time.sleep(0.05)
+        level = httpx.get(url + "/level").json()
+    return want

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import save
-from benchmarks.load import hey
+from benchmarks.load import hey, wait_for_tier
 from tests.helpers import ROOT, digits, encode, free_port
 
 BOUNDARY = "lcsbenchboundary"
@@ -109,9 +109,11 @@ def main(argv: list[str] | None = None) -> None:
             )
             assert check.status_code == 200, (name, check.text[:200])
             hey(url + "/predict", body, 8, 300, content_type=ctype)  # warm-up
+            # lcs-serve measured as it settles: on tier 2 unless LCS_TIER2_ENABLED=0.
+            tier = wait_for_tier(url) if name == "lcs-serve" else None
             for c in args.concurrency:
                 r = hey(url + "/predict", body, c, args.requests, content_type=ctype)
-                rows.append({"server": name, **r})
+                rows.append({"server": name, **r} | ({"tier": tier} if tier else {}))
                 print(
                     f"{name:14} c={c:<3} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
                     f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}",

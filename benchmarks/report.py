@@ -264,6 +264,8 @@ def soak_section(d: dict[str, Any]) -> str:
 
 
 def peers_section(d: dict[str, Any]) -> str:
+    for r in d["rows"]:  # lcs-serve's row says which tier answered
+        r["server"] += f" ({r['tier']})" if "tier" in r else ""
     rows = [
         [r["server"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
         for r in d["rows"]

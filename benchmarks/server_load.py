@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import save
-from benchmarks.load import hey
+from benchmarks.load import hey, wait_for_tier
 from tests.helpers import digits, encode, live_server
 
 
@@ -31,14 +31,10 @@ def split(url: str, png: bytes, n: int = 300) -> dict[str, float]:
     return med
 
 
-def settle(url: str, gamma: float, tier: str, timeout_s: float = 120) -> None:
+def settle(url: str, gamma: float, tier: str) -> None:
     """Pin γ, then wait until the tier under test serves it (tier 2 prepares in the background)."""
     httpx.put(url + "/level", json={"mode": "fixed", "gamma": gamma})
-    deadline = time.monotonic() + timeout_s
-    while httpx.get(url + "/level").json()["tier"] != tier:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"γ={gamma} never served by {tier}")
-        time.sleep(0.05)
+    wait_for_tier(url, tier)
 
 
 def allowed(splits: dict[str, dict[str, float]]) -> float:
