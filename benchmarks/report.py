@@ -264,15 +264,16 @@ def soak_section(d: dict[str, Any]) -> str:
 
 
 def peers_section(d: dict[str, Any]) -> str:
-    for r in d["rows"]:  # lcs-serve's row says which tier answered
-        r["server"] += f" ({r['tier']})" if "tier" in r else ""
+    def server(r: dict[str, Any]) -> str:  # lcs-serve's rows say which tier answered
+        return f"{r['server']} ({r['tier']})" if "tier" in r else r["server"]
+
     rows = [
-        [r["server"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
+        [server(r), r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
         for r in d["rows"]
     ]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    for name in dict.fromkeys(r["server"] for r in d["rows"]):
-        pts = [r for r in d["rows"] if r["server"] == name]
+    for name in dict.fromkeys(server(r) for r in d["rows"]):
+        pts = [r for r in d["rows"] if server(r) == name]
         ax.plot([r["concurrency"] for r in pts], [r["rps"] for r in pts], "o-", label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrency")

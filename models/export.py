@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from models.compression import Level
-from models.layers import NORM_EPS, LayerParams, SNorm
+from models.layers import NORM_EPS, SNorm
 from models.networks import SubspaceNet
 
 OUTPUTS = ("logits", "probabilities")
@@ -28,16 +28,12 @@ class StaticNet(nn.Module):
         # A private copy: tracing hooks every submodule, and the served network must never see
         # a hook registered or removed from another thread mid-forward.
         self.net = copy.deepcopy(net).eval()
-        params = {}
-        for i, (key, p) in enumerate(level.params.items()):
-            # clone() outside inference mode: a Level built for serving holds inference tensors.
-            w = p.weight.detach().clone().contiguous()
-            b = None if p.bias is None else p.bias.detach().clone().contiguous()
-            self.register_buffer(f"weight_{i}", w)
-            if b is not None:
-                self.register_buffer(f"bias_{i}", b)
-            params[key] = LayerParams(w, b, p.groups, p.act_bits)
-        self.level = Level(level.alpha, level.gamma, level.family, level.kind, params)
+        self.level = level.detached()
+        params = self.level.params
+        for i, p in enumerate(params.values()):
+            self.register_buffer(f"weight_{i}", p.weight)
+            if p.bias is not None:
+                self.register_buffer(f"bias_{i}", p.bias)
         for m in self.net.modules():
             if type(m) is SNorm and params[m.key].groups == params[m.key].weight.numel():
                 m.forward = partial(_instance_norm, m)  # type: ignore[method-assign]

@@ -12,26 +12,10 @@ import torch
 
 from models import Level, SubspaceNet
 from models.export import to_onnx
-from models.layers import LayerParams
 
 
 class ExporterDied(Exception):
     """The child process is gone (killed, out of memory); the next export starts a new one."""
-
-
-def portable(level: Level) -> Level:
-    """The level with every tensor its own contiguous copy, outside inference mode: a sliced view
-    would pickle its whole parent storage, and an inference tensor does not pickle at all."""
-    params = {
-        key: LayerParams(
-            p.weight.detach().clone().contiguous(),
-            None if p.bias is None else p.bias.detach().clone().contiguous(),
-            p.groups,
-            p.act_bits,
-        )
-        for key, p in level.params.items()
-    }
-    return Level(level.alpha, level.gamma, level.family, level.kind, params)
 
 
 def _serve(conn: Connection, net: SubspaceNet) -> None:
@@ -87,7 +71,7 @@ class Exporter:
         with self._lock:
             conn = self._ensure()
             try:
-                conn.send((portable(level), x))
+                conn.send((level.detached(), x))
                 out = conn.recv()
             except (EOFError, OSError) as e:
                 self._reset()
@@ -128,7 +112,9 @@ class Exporter:
             self._timer.start()
 
     def _stop_idle(self) -> None:
-        if self._lock.acquire(blocking=False):  # else an export is running; it re-arms
+        """Stop the child unless an export holds the lock (that export re-arms the timer, or
+        resets on EOF after close())."""
+        if self._lock.acquire(blocking=False):
             try:
                 self._reset()
             finally:
@@ -148,14 +134,10 @@ class Exporter:
         if self._timer is not None:
             self._timer.cancel()
         proc = self._proc
-        if proc is not None and proc.pid is not None:
+        if proc is not None and proc.pid is not None:  # ends an export in progress (EOF)
             proc.kill()
             proc.join(timeout=5)
-        if self._lock.acquire(blocking=False):  # else the exporting thread resets on EOF
-            try:
-                self._reset()
-            finally:
-                self._lock.release()
+        self._stop_idle()
 
     @property
     def pid(self) -> int | None:

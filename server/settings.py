@@ -44,8 +44,6 @@ class Settings(BaseSettings):
     profile_levels: int = Field(7, ge=2, le=50)
 
     # Tier 2: the settled level served from an ONNX Runtime session (tier 1, PyTorch, meanwhile)
-    # Off by default: the controller's profile and latency predictions are measured on tier 1;
-    # with tier 2 serving, its end-to-end test no longer widens again after a CPU burst.
     tier2_enabled: bool = True
     tier2_settle_s: float = Field(1.0, ge=0)  # a level left sooner is never prepared
     tier2_cache_mb: float = Field(256.0, ge=0)  # LRU budget of cached sessions' ONNX bytes

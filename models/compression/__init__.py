@@ -36,6 +36,21 @@ class Level:
     def describe(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "gamma": self.gamma, "family": self.family, "kind": self.kind}
 
+    def detached(self) -> Level:
+        """The level with every tensor its own contiguous copy, made outside inference mode: a
+        sliced view would carry (and pickle) its whole parent storage, and a Level built for
+        serving holds inference tensors, which neither pickle nor trace."""
+        params = {
+            key: LayerParams(
+                p.weight.detach().clone().contiguous(),
+                None if p.bias is None else p.bias.detach().clone().contiguous(),
+                p.groups,
+                p.act_bits,
+            )
+            for key, p in self.params.items()
+        }
+        return Level(self.alpha, self.gamma, self.family, self.kind, params)
+
 
 class FamilyHandler(Protocol):
     def __call__(

@@ -15,7 +15,7 @@ import torch
 
 from models import LevelCompressor
 from models.export import to_onnx
-from server.exporter import Exporter, ExporterDied, portable
+from server.exporter import Exporter, ExporterDied
 from server.tier2 import warmup_batch
 from tests.server.test_tier2 import (
     INPUT,
@@ -55,7 +55,7 @@ def test_portable_copies_only_the_sliced_channels():
     net = _net("small_cnn", "structured")
     with torch.inference_mode():  # as the daemon builds levels
         level = LevelCompressor(net)(0.0)
-    copy = portable(level)
+    copy = level.detached()
     for key, p in level.params.items():
         q = copy.params[key]
         assert torch.equal(p.weight, q.weight) and q.weight.is_contiguous()
