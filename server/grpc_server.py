@@ -124,6 +124,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await _answer(context, self._infer(request, context))
 
     async def _infer(self, request: Any, context: Any) -> Any:
+        received = time.perf_counter()
         model = self._model(request.model_name, request.model_version)
         if not _ready(self.daemon):
             raise Abort(grpc.StatusCode.UNAVAILABLE, _not_ready(self.daemon))
@@ -135,7 +136,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         else:
             call = parse_grpc(request, limits, model.name)
-        results = await run_call(model, call, self._deadline(context))
+        results = await run_call(model, call, self._deadline(context), received)
         return encode_grpc(model, call, results, _request_id(call, context))
 
     def _deadline(self, context: Any) -> float:
@@ -222,7 +223,7 @@ def _request_id(call: oip.InferCall, context: Any) -> str:
     if call.request_id:
         return call.request_id
     for k, v in context.invocation_metadata() or ():
-        if k == "x-request-id" and isinstance(v, str) and len(v) <= oip.MAX_ID_CHARS:
+        if k == "x-request-id" and isinstance(v, str) and oip.safe_id(v):
             return v
     return ""
 
@@ -297,16 +298,18 @@ def parse_grpc(request: Any, limits: oip.Limits, model_name: str) -> oip.InferCa
     return oip.build_call(model_name, request.id, kind, tensor, images, outputs, params)
 
 
-async def run_call(model: Any, call: oip.InferCall, deadline: float) -> list[Any]:
+async def run_call(
+    model: Any, call: oip.InferCall, deadline: float, received: float | None = None
+) -> list[Any]:
     """The call on the model's InferenceService: the one path HTTP and gRPC share."""
     hints = make_hints(call)
     svc = model.service
     if call.kind == "images":
-        return list(await svc.predict_images(call.images, hints, deadline))
+        return list(await svc.predict_images(call.images, hints, deadline, received))
     assert call.tensor is not None
     if call.kind == "pixels":
-        return list(await svc.predict_pixels(call.tensor, hints, deadline))
-    return list(await svc.predict_tensor(call.tensor, hints, deadline))
+        return list(await svc.predict_pixels(call.tensor, hints, deadline, received))
+    return list(await svc.predict_tensor(call.tensor, hints, deadline, received))
 
 
 def make_hints(call: oip.InferCall) -> Any:

@@ -36,7 +36,7 @@ INTEGERS: dict[str, np.dtype] = {
 }
 DATATYPES = (*FLOATS, *INTEGERS, "BYTES")
 OUTPUTS = ("probabilities", "labels")
-SERVER_NAME, SERVER_VERSION = "lcs-serve", "0.1.0"
+SERVER_NAME, SERVER_VERSION = "lcs-serve", "0.2.0"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 
 
@@ -389,7 +389,11 @@ def join_bytes(items: Sequence[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
-_ID = re.compile(r"^[\x20-\x7e]*$")  # printable ASCII: safe to echo in JSON and logs
+_ID = re.compile(r"[\x20-\x7e]*")  # printable ASCII: safe to echo in JSON, headers and logs
+
+
+def safe_id(rid: str) -> bool:
+    return len(rid) <= MAX_ID_CHARS and _ID.fullmatch(rid) is not None
 
 
 def build_call(
@@ -404,11 +408,7 @@ def build_call(
     """The checks every transport shares: request id, parameters, hints, outputs."""
     if request_id is None:
         request_id = ""
-    if (
-        not isinstance(request_id, str)
-        or len(request_id) > MAX_ID_CHARS
-        or not _ID.match(request_id)
-    ):
+    if not isinstance(request_id, str) or not safe_id(request_id):
         raise OIPError(400, f"id must be printable ASCII of at most {MAX_ID_CHARS} characters")
     binary = params.get("binary_data_output", False)
     if not isinstance(binary, bool):

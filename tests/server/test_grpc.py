@@ -46,7 +46,7 @@ class FakeService:
     seen_hints: list = field(default_factory=list)
     seen_deadlines: list = field(default_factory=list)
 
-    async def predict_tensor(self, x, hints, deadline):
+    async def predict_tensor(self, x, hints, deadline, received=None):
         self.seen_hints.append(hints)
         self.seen_deadlines.append(deadline)
         if self.fail is not None:
@@ -55,11 +55,11 @@ class FakeService:
         probs = torch.from_numpy(expected(x.numpy()))
         return [SimpleNamespace(probabilities=p, level=LEVEL, tier="torch") for p in probs]
 
-    async def predict_pixels(self, x, hints, deadline):
+    async def predict_pixels(self, x, hints, deadline, received=None):
         assert x.dtype == torch.uint8
         return await self.predict_tensor((x.float() / 255 - MEAN) / STD, hints, deadline)
 
-    async def predict_images(self, images, hints, deadline):
+    async def predict_images(self, images, hints, deadline, received=None):
         arrs = [np.asarray(Image.open(io.BytesIO(b)).convert("L")) for b in images]
         return await self.predict_pixels(torch.from_numpy(np.stack(arrs)[:, None]), hints, deadline)
 
