@@ -22,6 +22,7 @@ from server.protocol import inference_pb2 as pb
 from server.protocol import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger("lcs.grpc")
+access = logging.getLogger("lcs.access")  # the same log as HTTP's one line per request
 SERVICE = "inference.GRPCInferenceService"
 T = TypeVar("T")
 
@@ -347,6 +348,52 @@ def _set_param(p: Any, v: Any) -> None:
 # ---- the server
 
 
+class Observe(grpc.aio.ServerInterceptor):
+    """One access-log line and the request metrics per call, as RequestLog does for HTTP."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner, method = handler.unary_unary, details.method
+
+        async def observed(request: Any, context: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await inner(request, context)
+            finally:
+                self.record(method, request, context, time.perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def record(self, method: str, request: Any, context: Any, seconds: float) -> None:
+        code = context.code() or grpc.StatusCode.OK
+        status = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        name = getattr(request, "model_name", "") or getattr(request, "name", "")
+        # only a loaded model's name: label values stay bounded whatever clients send
+        model = name if name and name in self.daemon.models.names() else ""
+        metrics = getattr(self.daemon, "metrics", None)
+        if metrics is not None:
+            metrics.requests.labels(method, model, status).inc()
+            metrics.request_duration.labels(method, model).observe(seconds)
+        extra: dict[str, Any] = {
+            "method": "grpc",
+            "path": method,
+            "status": status,
+            "latency_ms": round(seconds * 1e3, 3),
+        }
+        if model:
+            extra["model"] = model
+        access.info("request", extra=extra)
+
+
 class Health(health_aio.HealthServicer):
     """grpc.health.v1 for "" and the inference service: SERVING while the daemon is ready."""
 
@@ -391,11 +438,12 @@ async def start_grpc(daemon: Any, port: int, host: str | None = None) -> GrpcHan
         return None
     cap = int(daemon.settings.max_body_bytes)
     server = grpc.aio.server(
+        interceptors=[Observe(daemon)],
         options=[
             ("grpc.max_receive_message_length", cap),
             ("grpc.max_send_message_length", max(cap, 4 * 1024 * 1024)),
             ("grpc.so_reuseport", 0),  # a second daemon on the same port must fail, not share
-        ]
+        ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(daemon), server)
     health = Health(daemon)

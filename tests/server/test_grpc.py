@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -80,6 +82,9 @@ class FakeRegistry:
         if name not in (None, "digits"):
             raise UnknownModel(f"unknown model {name!r}; this server serves 'digits'")
         return self.model
+
+    def names(self):
+        return ["digits"]
 
     def index(self):
         return [
@@ -388,3 +393,16 @@ def test_stubs_are_what_grpcio_tools_generates(tmp_path: Path):
     for fresh in generate(tmp_path):
         mine = ROOT / fresh.relative_to(tmp_path)
         assert mine.read_text() == fresh.read_text(), f"{mine} is stale: regenerate it"
+
+
+def test_one_access_log_line_per_call_with_its_status(served, caplog):
+    with caplog.at_level(logging.INFO, logger="lcs.access"):
+        served.stub.ModelInfer(infer_request(ZEROS, "FP32"))
+        code_of(served.stub.ModelMetadata, pb.ModelMetadataRequest(name="nope"))
+        for _ in range(100):  # an aborted call's status reaches the client before its log line
+            lines = [r for r in caplog.records if r.name == "lcs.access"]
+            if len(lines) >= 2:
+                break
+            time.sleep(0.01)
+    got = [(r.path.rsplit("/", 1)[1], r.status, getattr(r, "model", "")) for r in lines]
+    assert got == [("ModelInfer", "OK", "digits"), ("ModelMetadata", "NOT_FOUND", "")]
