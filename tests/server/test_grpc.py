@@ -248,8 +248,6 @@ def test_infer_images_and_request_id_from_metadata(served):
 
 
 def test_deadline_from_the_client(served):
-    import time
-
     x = np.zeros((1, 1, 28, 28), np.float32)
     before = time.monotonic()
     served.stub.ModelInfer(infer_request(x, "FP32"), timeout=2.0)
