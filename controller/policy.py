@@ -1,24 +1,13 @@
-"""Policies: pure functions from readings, operator policy and level profile to a level α."""
+"""Policies: pure functions from the machine's readings and each model's operator policy, level
+profile and traffic to one level α per model."""
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from controller.readings import Readings
-
-REASONS = (
-    "startup",
-    "operator_fixed",
-    "bounds",
-    "latency",
-    "cpu",
-    "memory_pressure",
-    "battery_low",
-    "recovered",
-    "hold",
-)
+from controller.readings import ModelFeedback, Readings
 
 
 @dataclass(frozen=True)
@@ -29,6 +18,8 @@ class OperatorPolicy:
     max_alpha: float | None = None
     latency_target_s: float = 0.05
     latency_quantile: float = 0.95
+    objective: str = "share"  # "share": a good neighbour's CPU share | "latency": the target only
+    priority: float = 1.0  # weight of this model in the joint allocation
 
 
 @dataclass(frozen=True)
@@ -84,14 +75,24 @@ class Profile:
 
 @dataclass(frozen=True)
 class PolicyState:
-    alpha: float
-    changed_at: float  # monotonic seconds of the last change
+    alpha: float  # the level the server serves now (read from it every step)
+    changed_at: float  # monotonic seconds when it last really moved
 
 
 @dataclass(frozen=True)
 class Decision:
     alpha: float
     reason: str
+
+
+@dataclass(frozen=True)
+class PlantView:
+    """What a policy sees of one model: its operator policy, profile, traffic and level."""
+
+    operator: OperatorPolicy
+    profile: Profile
+    feedback: ModelFeedback
+    state: PolicyState
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,9 @@ class Tuning:
     cpu_busy: float = 0.85  # used by cpu_linear
 
 
-Policy = Callable[[Readings, OperatorPolicy, Profile, PolicyState, float], Decision]
+# A policy decides every model at once (they share one machine): readings, plants by name, now.
+Policy = Callable[[Readings, Mapping[str, PlantView], float], dict[str, Decision]]
+PlantPolicy = Callable[[Readings, PlantView, float], Decision]
 POLICIES: dict[str, Policy] = {}
 
 
@@ -118,6 +121,16 @@ def register(name: str) -> Callable[[Policy], Policy]:
         return fn
 
     return deco
+
+
+def each(fn: PlantPolicy) -> Policy:
+    """A policy that decides every model on its own, by `fn`."""
+
+    def policy(r: Readings, plants: Mapping[str, PlantView], now: float) -> dict[str, Decision]:
+        return {name: fn(r, p, now) for name, p in plants.items()}
+
+    policy.__doc__ = fn.__doc__
+    return policy
 
 
 def get_policy(name: str) -> Policy:
@@ -159,50 +172,40 @@ def cpu_slowdown(r: Readings) -> float:
     return 1.0 / max(0.05, 1.0 - min(stall, 0.95))
 
 
-def predicted_latency(
-    r: Readings, op: OperatorPolicy, profile: Profile, current: float, alpha: float
-) -> tuple[float, str]:
+def predicted_latency(r: Readings, p: PlantView, alpha: float) -> tuple[float, str]:
     """Latency at α under the present contention, and which signal predicted it.
 
     With recent request latencies, the observed quantile is scaled by the ratio of forward
     costs (it already includes the contention and the server's own overheads); without them,
     the profiled forward latency is scaled by the CPU-pressure slowdown."""
+    profile, current = p.profile, p.state.alpha
     by_cpu = profile.expected_latency(alpha) * cpu_slowdown(r)
-    observed = r.latency_quantile(op.latency_quantile)
+    observed = p.feedback.latency_quantile(p.operator.latency_quantile)
     if observed is None:
         return by_cpu, "cpu"
     scaled = observed * profile.expected_latency(alpha) / profile.expected_latency(current)
     return (scaled, "latency") if scaled >= by_cpu else (by_cpu, "cpu")
 
 
-@register("latency_headroom")
-def latency_headroom(
-    r: Readings,
-    op: OperatorPolicy,
-    profile: Profile,
-    state: PolicyState,
-    now: float,
-    t: Tuning = Tuning(),
-) -> Decision:
+def latency_one(r: Readings, p: PlantView, now: float, t: Tuning = Tuning()) -> Decision:
     """The most accurate level whose predicted latency meets the target, within the bounds,
     capped on low battery and under memory pressure; hysteresis and dwell keep it steady."""
+    op, state = p.operator, p.state
     if op.mode == "fixed" and op.alpha is not None:
         return Decision(op.alpha, "operator_fixed")
-    levels = allowed(op, profile)
+    levels = allowed(op, p.profile)
     current = state.alpha
     if current < levels[0] - 1e-9 or current > levels[-1] + 1e-9:
-        return Decision(profile.nearest(min(max(current, levels[0]), levels[-1])), "bounds")
+        return Decision(p.profile.nearest(min(max(current, levels[0]), levels[-1])), "bounds")
     cap = resource_cap(r, levels, t, current)
     fits = [
         a
         for a in levels
-        if predicted_latency(r, op, profile, current, a)[0]
+        if predicted_latency(r, p, a)[0]
         <= op.latency_target_s * (1.0 if a <= current + 1e-9 else t.up_margin)
     ]
     best = fits[-1] if fits else levels[0]
-    reason = (
-        "recovered" if best > current else predicted_latency(r, op, profile, current, current)[1]
-    )
+    reason = "recovered" if best > current else predicted_latency(r, p, current)[1]
     if cap is not None and best > cap[0]:
         best, reason = cap
     since = now - state.changed_at
@@ -215,30 +218,26 @@ def latency_headroom(
     return Decision(best, reason)
 
 
+latency_headroom = register("latency_headroom")(each(latency_one))
+
+
 @register("static")
-def static(
-    r: Readings, op: OperatorPolicy, profile: Profile, state: PolicyState, now: float
-) -> Decision:
+@each
+def static(r: Readings, p: PlantView, now: float) -> Decision:
     """Always the most accurate level the operator allows."""
+    op = p.operator
     if op.mode == "fixed" and op.alpha is not None:
         return Decision(op.alpha, "operator_fixed")
-    best = allowed(op, profile)[-1]
-    return Decision(best, "hold" if best == state.alpha else "bounds")
+    best = allowed(op, p.profile)[-1]
+    return Decision(best, "hold" if best == p.state.alpha else "bounds")
 
 
-@register("cpu_linear")
-def cpu_linear(
-    r: Readings,
-    op: OperatorPolicy,
-    profile: Profile,
-    state: PolicyState,
-    now: float,
-    t: Tuning = Tuning(),
-) -> Decision:
+def cpu_linear_one(r: Readings, p: PlantView, now: float, t: Tuning = Tuning()) -> Decision:
     """α falls linearly with CPU utilisation: idle → most accurate, busy → most compressed."""
+    op, state = p.operator, p.state
     if op.mode == "fixed" and op.alpha is not None:
         return Decision(op.alpha, "operator_fixed")
-    levels = allowed(op, profile)
+    levels = allowed(op, p.profile)
     if r.cpu_utilisation is None:
         return Decision(state.alpha, "hold")
     share = 1.0 - min(r.cpu_utilisation / t.cpu_busy, 1.0)
@@ -248,13 +247,18 @@ def cpu_linear(
     return Decision(best, "cpu")
 
 
+cpu_linear = register("cpu_linear")(each(cpu_linear_one))
+
 __all__ = [
     "POLICIES",
     "Decision",
     "LevelPoint",
     "OperatorPolicy",
+    "PlantView",
+    "Policy",
     "PolicyState",
     "Profile",
     "Tuning",
+    "each",
     "get_policy",
 ]

@@ -18,8 +18,6 @@ from controller.readings import Readings
 __all__ = ["SystemReader", "cpu_quota_cores", "psi_some_avg10"]
 log = logging.getLogger("lcs.controller")
 
-Feedback = Callable[[], tuple[float | None, float | None, float | None, int]]
-
 
 def psi_some_avg10(path: Path) -> float:
     """The "some avg10" share from a PSI file (/proc/pressure/cpu), as a fraction 0–1."""
@@ -40,13 +38,12 @@ class SystemReader:
         proc_root: str = "/proc",
         cgroup_root: str = "/sys/fs/cgroup",
         ps: ModuleType | Any = psutil,
-        feedback: Feedback | None = None,
         on_error: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         smoothing: float = 0.3,
     ) -> None:
         self.proc = Path(proc_root)
-        self.ps, self.feedback, self.on_error, self.clock = ps, feedback, on_error, clock
+        self.ps, self.on_error, self.clock = ps, on_error, clock
         self.smoothing = smoothing
         self.errors: dict[str, int] = {}
         self.missing: set[str] = set()  # sources this machine does not have: not retried
@@ -88,15 +85,6 @@ class SystemReader:
             values["cgroup_memory_current_bytes"] = self._sample(
                 "cgroup_memory", lambda: cgroup.memory_current_bytes(paths)
             )
-        if self.feedback is not None:
-            fb = self._sample("feedback", self.feedback)
-            if fb is not None:
-                (
-                    values["latency_p50_s"],
-                    values["latency_p95_s"],
-                    values["latency_p99_s"],
-                    values["queue_depth"],
-                ) = fb
         return Readings(time=self.clock(), **values)
 
     def _locate(self) -> cgroup.CgroupPaths:

@@ -7,12 +7,13 @@ import pytest
 from controller.policy import (
     LevelPoint,
     OperatorPolicy,
+    PlantView,
     PolicyState,
     Profile,
     get_policy,
-    latency_headroom,
+    latency_one,
 )
-from controller.readings import Readings
+from controller.readings import ModelFeedback, Readings
 
 # Seven levels: forward 1 ms at α = 0 … 7 ms at α = 1.
 PROFILE = Profile(
@@ -22,9 +23,15 @@ TOP, BOTTOM = 1.0, 0.0
 OP = OperatorPolicy(latency_target_s=0.011)  # margins: down ≤ 11 ms, up ≤ 7.7 ms
 
 
-def decide(readings=None, op=OP, alpha=TOP, since=100.0):
+def decide(readings=None, op=OP, alpha=TOP, since=100.0, p95=None, profile=PROFILE):
     r = readings or Readings(time=0.0)
-    return latency_headroom(r, op, PROFILE, PolicyState(alpha, 0.0), since)
+    fb = ModelFeedback(latency_p95_s=p95)
+    return latency_one(r, PlantView(op, profile, fb, PolicyState(alpha, 0.0)), since)
+
+
+def one(policy, r, op, alpha, now):
+    view = PlantView(op, PROFILE, ModelFeedback(), PolicyState(alpha, 0))
+    return policy(r, {"m": view}, now)["m"]
 
 
 def test_idle_machine_keeps_full_accuracy():
@@ -34,7 +41,7 @@ def test_idle_machine_keeps_full_accuracy():
 def test_latency_violation_compresses_to_the_most_accurate_level_that_fits():
     # p95 of 20 ms at α = 1 (7 ms forward): predicted(α) = 20 ms · fwd(α) / 7 ms ≤ 11 ms
     # → fwd(α) ≤ 3.85 ms → α = 2/6 (3 ms).
-    d = decide(Readings(time=0, latency_p95_s=0.020))
+    d = decide(None, p95=0.020)
     assert d.alpha == pytest.approx(2 / 6) and d.reason == "latency"
 
 
@@ -45,33 +52,31 @@ def test_cpu_pressure_alone_predicts_slowdown():
 
 
 def test_nothing_fits_goes_to_the_most_compressed():
-    assert decide(Readings(time=0, latency_p95_s=1.0)).alpha == BOTTOM
+    assert decide(None, p95=1.0).alpha == BOTTOM
 
 
 def test_recovery_needs_the_hysteresis_margin():
     # At α = 0 with p95 = 1.2 ms: predicted at α = 1 is 8.4 ms, under 11 ms but above 7.7 ms
     # (70 % margin) → only levels with predicted ≤ 7.7 ms: fwd ≤ 6.4 ms → α = 5/6.
-    d = decide(Readings(time=0, latency_p95_s=0.0012), alpha=BOTTOM)
+    d = decide(None, p95=0.0012, alpha=BOTTOM)
     assert d.alpha == pytest.approx(5 / 6) and d.reason == "recovered"
 
 
 def test_dwell_blocks_fast_moves():
-    up = Readings(time=0, latency_p95_s=0.0005)
-    assert decide(up, alpha=BOTTOM, since=1.0).reason == "hold"  # < 3 s dwell up
-    assert decide(up, alpha=BOTTOM, since=3.5).alpha == TOP
-    down = Readings(time=0, latency_p95_s=0.5)
-    assert decide(down, since=0.2).reason == "hold"  # < 0.5 s dwell down
-    assert decide(down, since=0.6).alpha == BOTTOM
+    assert decide(p95=0.0005, alpha=BOTTOM, since=1.0).reason == "hold"  # < 3 s dwell up
+    assert decide(p95=0.0005, alpha=BOTTOM, since=3.5).alpha == TOP
+    assert decide(p95=0.5, since=0.2).reason == "hold"  # < 0.5 s dwell down
+    assert decide(p95=0.5, since=0.6).alpha == BOTTOM
 
 
 def test_operator_fixed_wins_and_bounds_apply():
     fixed = OperatorPolicy(mode="fixed", alpha=0.5)
-    assert decide(Readings(time=0, latency_p95_s=1.0), op=fixed).alpha == 0.5
+    assert decide(None, p95=1.0, op=fixed).alpha == 0.5
     bounded = OperatorPolicy(min_alpha=2 / 6, max_alpha=4 / 6, latency_target_s=0.011)
     assert decide(op=bounded, alpha=4 / 6).alpha == pytest.approx(4 / 6)  # idle: the upper bound
-    assert decide(
-        Readings(time=0, latency_p95_s=1.0), op=bounded, alpha=4 / 6
-    ).alpha == pytest.approx(2 / 6)  # overloaded: the lower bound
+    assert decide(None, p95=1.0, op=bounded, alpha=4 / 6).alpha == pytest.approx(
+        2 / 6
+    )  # overloaded: the lower bound
     d = decide(op=bounded, alpha=TOP)  # outside the bounds: back inside at once
     assert d.alpha == pytest.approx(4 / 6) and d.reason == "bounds"
 
@@ -119,12 +124,10 @@ def test_registry_and_other_policies():
     with pytest.raises(ValueError, match="latency_headroom"):
         get_policy("nope")
     static = get_policy("static")
-    assert (
-        static(Readings(time=0, cpu_pressure=0.9), OP, PROFILE, PolicyState(0.5, 0), 9).alpha == 1
-    )
+    assert one(static, Readings(time=0, cpu_pressure=0.9), OP, 0.5, 9).alpha == 1
     linear = get_policy("cpu_linear")
-    busy = linear(Readings(time=0, cpu_utilisation=0.9), OP, PROFILE, PolicyState(1.0, 0), 9)
-    idle = linear(Readings(time=0, cpu_utilisation=0.0), OP, PROFILE, PolicyState(0.0, 0), 9)
+    busy = one(linear, Readings(time=0, cpu_utilisation=0.9), OP, 1.0, 9)
+    idle = one(linear, Readings(time=0, cpu_utilisation=0.0), OP, 0.0, 9)
     assert busy.alpha == 0.0 and idle.alpha == 1.0
 
 
@@ -137,5 +140,5 @@ def test_a_level_measured_faster_now_is_predicted_at_its_measured_speed():
     profile = Profile(PROFILE.points, measured=faster.get)
     assert profile.expected_latency(1.0) == 0.004 and profile.expected_latency(4 / 6) == 0.005
     assert profile.expected_latency(11 / 12) == pytest.approx((0.004 + 0.0035) / 2)
-    d = latency_headroom(r, OP, profile, PolicyState(TOP, 0.0), 100.0)
+    d = decide(r, profile=profile)
     assert d.alpha == TOP and d.reason == "hold"  # 4 ms · 2 = 8 ms ≤ 11 ms
