@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import psutil
 
 from controller import cgroup
 from controller.cgroup import cpu_quota_cores
+from controller.cpushare import CpuShare, affinity
 from controller.readings import Readings
 
 __all__ = ["SystemReader", "cpu_quota_cores", "psi_some_avg10"]
@@ -41,6 +43,9 @@ class SystemReader:
         on_error: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         smoothing: float = 0.3,
+        pid: int | None = None,
+        cpus: Callable[[], set[int]] = affinity,
+        cpu_tau_s: float = 0.5,
     ) -> None:
         self.proc = Path(proc_root)
         self.ps, self.on_error, self.clock = ps, on_error, clock
@@ -50,6 +55,16 @@ class SystemReader:
         self._cpu: float | None = None
         self._paths: cgroup.CgroupPaths | None = None
         self._cgroup_root = cgroup_root
+        self.cpus = cpus
+        self.share = CpuShare(
+            proc_root=proc_root,
+            ps=ps,
+            pid=os.getpid() if pid is None else pid,
+            cpus=cpus,
+            clock=clock,
+            tau_s=cpu_tau_s,
+        )
+        self._sample("cpu_share", self.share.sample)  # the baseline the next read compares to
         # psutil's first cpu_percent() compares against nothing: prime it and discard it.
         self._sample("cpu", lambda: self.ps.cpu_percent(interval=None))
 
@@ -85,6 +100,14 @@ class SystemReader:
             values["cgroup_memory_current_bytes"] = self._sample(
                 "cgroup_memory", lambda: cgroup.memory_current_bytes(paths)
             )
+        n = self._sample("affinity", lambda: len(self.cpus()))
+        values["cpu_count"] = n
+        quota = values.get("cgroup_cpu_limit_cores")
+        if n is not None:
+            values["cpu_available_cores"] = float(n) if quota is None else min(float(n), quota)
+        share = self._sample("cpu_share", self.share.sample)
+        if share is not None:
+            values["other_cpu_cores"], values["own_cpu_cores"] = share
         return Readings(time=self.clock(), **values)
 
     def _locate(self) -> cgroup.CgroupPaths:

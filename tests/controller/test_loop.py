@@ -150,10 +150,10 @@ def test_randomized_operator_and_controller_moves_never_disagree():
         seen.append((plants["m"].state.alpha, server.alpha))
         return base(r, plants, now)
 
-    latency = {"p95": None}
+    forward = {"s": None}  # the measured forward pass: None, fast, or far over the target
 
     def feedback() -> ModelFeedback:
-        return ModelFeedback(latency_p95_s=latency["p95"])
+        return ModelFeedback(overhead_s=0.001, forward_s=forward["s"])
 
     ctl = Controller(read=idle, policy=policy, clock=clock)
     plant = server.plant()
@@ -172,7 +172,7 @@ def test_randomized_operator_and_controller_moves_never_disagree():
         elif roll < 0.20:
             server.alpha = rng.choice(PROFILE.alphas)  # a switch the controller did not ask for
         elif roll < 0.30:
-            latency["p95"] = rng.choice([None, 0.001, 0.5])
+            forward["s"] = rng.choice([None, 0.001, 0.5])
         ctl.step()
         assert ctl.states["m"].alpha == server.alpha  # switches land later (lag), not during
         before = server.alpha
@@ -213,7 +213,7 @@ def test_several_plants_share_one_read_and_each_gets_its_decision():
 
 def test_a_pending_switch_is_not_asked_again_every_step():
     clock, server = Clock(), Server(1.0, lag=1000)  # the switch never lands
-    server.feedback = ModelFeedback(latency_p95_s=1.0)  # far over the target: compress
+    server.feedback = ModelFeedback(forward_s=1.0)  # far over the target: compress
     ctl = Controller(read=idle, clock=clock, resend_s=2.0)
     ctl.add(server.plant())
     for _ in range(12):  # 3 s at 0.25 s
@@ -229,7 +229,7 @@ def run(coro):
 def test_the_task_steers_and_wake_applies_an_operator_change_at_once():
     async def main():
         server = Server(1.0)
-        server.feedback = ModelFeedback(latency_p95_s=None)
+        server.feedback = ModelFeedback()
         ctl = Controller(read=idle, interval_s=10.0)  # ticks too slow to matter: wake() must
         ctl.add(server.plant())
         ctl.start()

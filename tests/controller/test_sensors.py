@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
 
 from controller import cgroup
+from controller.readings import Readings
 from controller.sensors import SystemReader, psi_some_avg10
 
 PSI = (
@@ -16,6 +18,7 @@ PSI = (
     "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
 )
 Mem = namedtuple("Mem", "available total")
+Times = namedtuple("Times", "user system children_user children_system")
 Battery = namedtuple("Battery", "percent secsleft power_plugged")
 
 
@@ -70,6 +73,36 @@ class FakePsutil:
 
     def sensors_battery(self):
         return self._battery
+
+    def Process(self, pid):  # psutil spells it so
+        return FakeProcess(pid, [0.0])
+
+
+class FakeProcess:
+    """A process whose CPU seconds so far are `times[i]` at its i-th reading."""
+
+    def __init__(self, pid, times, children=()):
+        self.pid, self.times, self.kids = pid, list(times), list(children)
+
+    def cpu_times(self):
+        if not self.times:
+            raise ProcessLookupError(self.pid)  # psutil.NoSuchProcess: it exited
+        t = self.times.pop(0) if len(self.times) > 1 else self.times[0]
+        return Times(t * 0.75, t * 0.25, 99.0, 99.0)  # reaped children's time is not read
+
+    def children(self, recursive=False):
+        return self.kids
+
+
+def stat(busy: dict[int, int], idle: int = 1000) -> str:
+    """A /proc/stat with CPUs 0–2: `busy` ticks split over user/system/irq/steal."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    for cpu in range(3):
+        b = busy.get(cpu, 0)
+        lines.append(
+            f"cpu{cpu} {b // 2} 0 {b // 4} {idle} 7 {b // 8} 0 {b - b // 2 - b // 4 - b // 8} 0 0"
+        )
+    return "\n".join([*lines, "intr 1 2 3", "ctxt 5"]) + "\n"
 
 
 def test_cgroup_v2(v2):
@@ -171,3 +204,55 @@ def test_lcs_controller_prints_one_line_per_reading(capsys):
     assert len(lines) == 2 and all("→ α 1.000" in ln for ln in lines)  # idle: the top level
     with pytest.raises(SystemExit):
         p.parse_args(["--watch"])  # removed: it was never read
+
+
+def test_cpu_share_separates_the_daemon_from_other_work(tmp_path):
+    from controller.cpushare import CpuShare
+
+    proc = tmp_path / "proc"
+    write(proc, "stat", stat({0: 100, 1: 200, 2: 50}))
+    clock = {"t": 0.0}
+    child = FakeProcess(11, [0.5, 0.7, 0.7])
+    me = FakeProcess(10, [1.0, 1.3, 1.8], children=[child])
+    ps = FakePsutil()
+    ps.Process = lambda pid: me
+    share = CpuShare(
+        proc_root=str(proc), ps=ps, pid=10, cpus=lambda: {0, 1}, clock=lambda: clock["t"],
+        tau_s=0.5, clk_tck=100,
+    )  # fmt: skip
+    assert share.sample() == (None, None)  # a baseline only
+    # 1 s later: CPUs 0 and 1 busy 60 + 80 ticks (CPU 2 is not ours: ignored); the daemon
+    # took 0.3 s and its child 0.2 s → own 0.5 core, other 1.4 − 0.5 = 0.9 core.
+    write(proc, "stat", stat({0: 160, 1: 280, 2: 450}, idle=1100))
+    clock["t"] = 1.0
+    other, own = share.sample()
+    assert (other, own) == pytest.approx((0.9, 0.5))
+    clock["t"] = 1.05  # too close for tick resolution: no new sample, same values
+    assert share.sample() == pytest.approx((0.9, 0.5))
+    # 1 s more: busy +150 ticks, the daemon +0.5 s, the child gone → raw other 1.0, own 0.5;
+    # smoothed with weight 1 − e^(−1 / 0.5)
+    child.times.clear()
+    write(proc, "stat", stat({0: 260, 1: 330, 2: 450}, idle=1200))
+    clock["t"] = 2.0
+    w = 1 - math.exp(-2.0)
+    other, own = share.sample()
+    assert other == pytest.approx(0.9 + w * (1.0 - 0.9)) and own == pytest.approx(0.5)
+
+
+def test_reader_reports_the_cpu_the_daemon_may_use(v2):
+    proc, cg = v2
+    write(proc, "stat", stat({0: 100, 1: 100}))
+    clock = {"t": 0.0}
+    reader = SystemReader(
+        proc_root=str(proc), cgroup_root=str(cg), ps=FakePsutil(), cpus=lambda: {0, 1},
+        clock=lambda: clock["t"],
+    )  # fmt: skip
+    write(proc, "stat", stat({0: 150, 1: 200}))
+    clock["t"] = 0.5  # 150 ticks in 0.5 s at 100 Hz: 3 cores, capped by nothing
+    r = reader.read()
+    assert r.cpu_count == 2 and r.cpu_available_cores == 1.5  # the cgroup quota wins
+    assert r.own_cpu_cores == 0.0 and r.other_cpu_cores == pytest.approx(150 / 100 / 0.5)
+    assert r.cpu_free_cores == 0.0  # 2 CPUs − 3 cores of others: nothing left
+    free = Readings(time=0, cpu_count=4, cpu_available_cores=1.5, other_cpu_cores=1.0)
+    assert free.cpu_free_cores == 1.5  # 3 free on the CPUs, but the quota is 1.5
+    assert Readings(time=0).cpu_free_cores is None
