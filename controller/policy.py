@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controller.allocate import Option, allocate
 from controller.readings import ModelFeedback, Readings
@@ -40,6 +40,8 @@ class Profile:
 
     points: tuple[LevelPoint, ...]
     measured: Callable[[float], float | None] | None = None
+    _alphas: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
+    has_accuracy: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -48,8 +50,12 @@ class Profile:
     ) -> None:
         if not points:
             raise ValueError("a profile needs at least one level")
-        object.__setattr__(self, "points", tuple(sorted(points, key=lambda p: p.alpha)))
+        pts = tuple(sorted(points, key=lambda p: p.alpha))
+        object.__setattr__(self, "points", pts)
         object.__setattr__(self, "measured", measured)
+        # the controller's step reads these a few hundred times: computed once
+        object.__setattr__(self, "_alphas", tuple(p.alpha for p in pts))
+        object.__setattr__(self, "has_accuracy", all(p.accuracy is not None for p in pts))
 
     def latency(self, p: LevelPoint) -> float:
         now = None if self.measured is None else self.measured(p.alpha)
@@ -57,22 +63,30 @@ class Profile:
 
     @property
     def alphas(self) -> list[float]:
-        return [p.alpha for p in self.points]
+        return list(self._alphas)
 
     def expected_latency(self, alpha: float) -> float:
         """Forward latency at α, linearly interpolated between measured levels."""
-        a, pts = self.alphas, self.points
+        a, pts = self._alphas, self.points
         i = bisect.bisect_left(a, alpha)
-        if i <= 0:
-            return self.latency(pts[0])
         if i >= len(a):
             return self.latency(pts[-1])
+        if i == 0 or abs(a[i] - alpha) <= 1e-12:
+            return self.latency(pts[i])
         lo, hi = pts[i - 1], pts[i]
         t = (alpha - lo.alpha) / (hi.alpha - lo.alpha)
         return self.latency(lo) + t * (self.latency(hi) - self.latency(lo))
 
+    def point(self, alpha: float) -> LevelPoint:
+        """The profiled level nearest to α."""
+        a = self._alphas
+        i = bisect.bisect_left(a, alpha)
+        if i > 0 and (i == len(a) or alpha - a[i - 1] <= a[i] - alpha):
+            i -= 1
+        return self.points[i]
+
     def nearest(self, alpha: float) -> float:
-        return min(self.alphas, key=lambda a: abs(a - alpha))
+        return self.point(alpha).alpha
 
 
 @dataclass(frozen=True)
@@ -265,9 +279,8 @@ def calibrate(
 def accuracy(profile: Profile, alpha: float) -> float:
     """The held-out accuracy at α; α itself when the profile has no accuracy figures (the
     paper's ordering: a larger α is a wider, more accurate model)."""
-    if any(pt.accuracy is None for pt in profile.points):
-        return alpha
-    return next(pt.accuracy for pt in profile.points if pt.alpha == profile.nearest(alpha)) or 0.0
+    acc = profile.point(alpha).accuracy if profile.has_accuracy else None
+    return alpha if acc is None else acc
 
 
 @register("latency_headroom")
