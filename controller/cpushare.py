@@ -21,9 +21,12 @@ class CpuShare:
     smoothed with time constant `tau_s`.
 
     Busy time is read per CPU from /proc/stat (only the CPUs in `cpus()`; steal counts as
-    taken); the daemon's own time is that of process `pid` and its live children (the tier-2
-    export worker), each from its own /proc entry through psutil. Children are re-listed
-    every `children_every_s` (listing walks all of /proc; reading known pids is cheap)."""
+    taken). Time of niced processes (the "nice" column) counts only when the daemon is niced
+    itself (`count_niced=None`, the default, asks its niceness): otherwise that work runs at
+    a lower priority and yields to the daemon, so it takes nothing from it. The daemon's own
+    time is that of process `pid` and its live children (the tier-2 export worker), each from
+    its own /proc entry through psutil. Children are re-listed every `children_every_s`
+    (listing walks all of /proc; reading known pids is cheap)."""
 
     def __init__(
         self,
@@ -37,11 +40,13 @@ class CpuShare:
         min_dt_s: float = 0.1,
         children_every_s: float = 2.0,
         clk_tck: int | None = None,
+        count_niced: bool | None = None,
     ) -> None:
         self.stat = Path(proc_root, "stat")
         self.ps, self.pid, self.cpus, self.clock = ps, pid, cpus, clock
         self.tau_s, self.min_dt_s, self.children_every_s = tau_s, min_dt_s, children_every_s
         self.clk_tck = clk_tck or os.sysconf("SC_CLK_TCK")
+        self.count_niced = count_niced
         self.other: float | None = None
         self.own: float | None = None
         self._proc: Any = None
@@ -71,15 +76,19 @@ class CpuShare:
 
     def _busy_s(self) -> float:
         """CPU seconds spent not idle on our CPUs since boot."""
+        if self.count_niced is None:
+            try:
+                self.count_niced = self.ps.Process(self.pid).nice() > 0
+            except Exception:  # no niceness here: count everything
+                self.count_niced = True
         mine = {f"cpu{i}" for i in self.cpus()}
         ticks = 0
         for line in self.stat.read_text().splitlines():
             name, _, rest = line.partition(" ")
             if name in mine:
-                f = [
-                    int(x) for x in rest.split()[:8]
-                ]  # user nice system idle iowait irq softirq steal
-                ticks += sum(f) - f[3] - f[4]
+                # user nice system idle iowait irq softirq steal
+                f = [int(x) for x in rest.split()[:8]]
+                ticks += sum(f) - f[3] - f[4] - (0 if self.count_niced else f[1])
         return ticks / self.clk_tck
 
     def _own_s(self, now: float) -> dict[int, float]:

@@ -18,6 +18,7 @@ from controller.policy import (
     PolicyState,
     Profile,
     get_policy,
+    predicted_latency,
 )
 from controller.readings import ModelFeedback, Readings
 
@@ -68,6 +69,7 @@ class Controller:
         self._plants: dict[str, Plant] = {}
         self._states: dict[str, PolicyState] = {}  # last served α seen, and when it moved
         self._asked: dict[str, tuple[float, float]] = {}  # pending request: α, when asked
+        self._views: dict[str, PlantView] = {}  # what the policy saw last step
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -81,6 +83,7 @@ class Controller:
         self._plants.pop(name, None)
         self._states.pop(name, None)
         self._asked.pop(name, None)
+        self._views.pop(name, None)
         self.latest_decisions.pop(name, None)
 
     @property
@@ -108,6 +111,7 @@ class Controller:
             )
             for name, p in plants.items()
         }
+        self._views = views
         decisions = self.policy(readings, views, now)
         for name, d in decisions.items():
             plant = plants.get(name)
@@ -122,6 +126,13 @@ class Controller:
         if self.on_readings is not None:
             self.on_readings(readings, decisions)
         return decisions
+
+    def predicted_latency(self, name: str, alpha: float) -> float | None:
+        """The latency a request to `name` served at α would see now, by the policy's model
+        (overhead + forward at α × contention), from the last step's readings and feedback;
+        for per-request latency hints. None before the first step or for an unknown name."""
+        view, r = self._views.get(name), self.latest_readings
+        return None if view is None or r is None else predicted_latency(r, view, alpha)
 
     def _observe(self, name: str, alpha: float, now: float) -> PolicyState:
         """The served α is the truth; the dwell clock restarts only when it really moved."""

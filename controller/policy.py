@@ -14,6 +14,9 @@ from controller.readings import ModelFeedback, Readings
 
 @dataclass(frozen=True)
 class OperatorPolicy:
+    """What the operator set for one model (PUT /level). Validates itself: a bad value raises
+    ValueError naming it, for the server to turn into a 4xx."""
+
     mode: str = "auto"  # "auto" | "fixed"
     alpha: float | None = None  # for fixed
     min_alpha: float | None = None
@@ -22,6 +25,25 @@ class OperatorPolicy:
     latency_quantile: float = 0.95
     objective: str = "share"  # "share": a good neighbour's CPU share | "latency": the target only
     priority: float = 1.0  # weight of this model in the joint allocation
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if not (math.isfinite(self.priority) and self.priority >= 0):
+            raise ValueError(f"priority must be a finite number ≥ 0, not {self.priority}")
+        if not (math.isfinite(self.latency_target_s) and self.latency_target_s > 0):
+            raise ValueError(f"latency_target_s must be > 0, not {self.latency_target_s}")
+        if not 0 < self.latency_quantile < 1:
+            raise ValueError(f"latency_quantile must be in (0, 1), not {self.latency_quantile}")
+        lo, hi = self.min_alpha, self.max_alpha
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"min_alpha {lo} is above max_alpha {hi}")
+
+
+MODES = ("auto", "fixed")
+OBJECTIVES = ("share", "latency")
 
 
 @dataclass(frozen=True)

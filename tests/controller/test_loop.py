@@ -283,3 +283,15 @@ def test_crashing_iterations_are_counted_and_the_loop_goes_on():
 def test_unknown_policy_name_is_refused():
     with pytest.raises(ValueError, match="latency_headroom"):
         Controller(read=idle, policy="nope")
+
+
+def test_predicted_latency_for_request_hints():
+    clock, server = Clock(), Server(1.0)
+    server.feedback = ModelFeedback(overhead_s=0.002, forward_s=0.022)  # profile 11 ms at α = 1
+    ctl = Controller(read=idle, clock=clock)
+    ctl.add(server.plant())
+    assert ctl.predicted_latency("m", 0.5) is None  # no step yet
+    ctl.step()
+    # overhead 2 ms + forward at α = 0.5 (6 ms profiled) × slowdown 2
+    assert ctl.predicted_latency("m", 0.5) == pytest.approx(0.002 + 0.006 * 2)
+    assert ctl.predicted_latency("nope", 0.5) is None

@@ -267,3 +267,20 @@ def test_registry_and_other_policies():
     linear = get_policy("cpu_linear")
     assert one(linear, Readings(time=0, cpu_utilisation=0.9), 1.0).alpha == 0.0
     assert one(linear, Readings(time=0, cpu_utilisation=0.0), 0.0).alpha == 1.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"mode": "manual"},
+        {"objective": "speed"},
+        {"priority": -1.0},
+        {"priority": float("nan")},
+        {"latency_target_s": 0.0},
+        {"latency_quantile": 1.0},
+        {"min_alpha": 0.8, "max_alpha": 0.2},
+    ],
+)
+def test_an_operator_policy_refuses_nonsense(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        OperatorPolicy(**bad)

@@ -256,3 +256,27 @@ def test_reader_reports_the_cpu_the_daemon_may_use(v2):
     free = Readings(time=0, cpu_count=4, cpu_available_cores=1.5, other_cpu_cores=1.0)
     assert free.cpu_free_cores == 1.5  # 3 free on the CPUs, but the quota is 1.5
     assert Readings(time=0).cpu_free_cores is None
+
+
+@pytest.mark.parametrize(("my_nice", "expected"), [(0, 0.5), (10, 1.5)])
+def test_niced_work_yields_to_the_daemon_unless_it_is_niced_too(tmp_path, my_nice, expected):
+    from controller.cpushare import CpuShare
+
+    def stat_line(user, nice):
+        return f"cpu0 {user} {nice} 0 1000 0 0 0 0 0 0\n"
+
+    proc = tmp_path / "proc"
+    write(proc, "stat", stat_line(0, 0))
+    clock = {"t": 0.0}
+    me = FakeProcess(10, [0.0])
+    me.nice = lambda: my_nice
+    ps = FakePsutil()
+    ps.Process = lambda pid: me
+    share = CpuShare(
+        proc_root=str(proc), ps=ps, pid=10, cpus=lambda: {0}, clock=lambda: clock["t"],
+        clk_tck=100,
+    )  # fmt: skip
+    share.sample()
+    write(proc, "stat", stat_line(50, 100))  # in 1 s: 0.5 core at nice 0, 1 core niced
+    clock["t"] = 1.0
+    assert share.sample()[0] == pytest.approx(expected)
