@@ -245,12 +245,15 @@ def candidates(r: Readings, p: PlantView, t: Tuning) -> tuple[list[float], str |
     Bounds, then the battery and memory caps, then the latency target (a move toward
     accuracy must be predicted within `up_margin` of it). When no level meets the target,
     compression is used only if it buys a real cut (`unreachable_gain`); a model whose
-    requests are mostly overhead is not compressed for nothing."""
+    requests are mostly overhead is not compressed for nothing. Under the share objective a
+    model without traffic has no latency to protect: the target does not apply."""
     levels = allowed(p.operator, p.profile)
     current = p.state.alpha
     cap = resource_cap(r, levels, t, current)
     capped = [a for a in levels if cap is None or a <= cap[0] + 1e-9]
     why = cap[1] if cap is not None and capped[-1] < levels[-1] - 1e-9 else None
+    if p.operator.objective == "share" and p.feedback.request_rate <= 0:
+        return capped, why, False
     pred = {a: predicted_latency(r, p, a) for a in capped}
     target = p.operator.latency_target_s
     ok = [a for a in capped if pred[a] <= target * (1.0 if a <= current + 1e-9 else t.up_margin)]

@@ -153,7 +153,7 @@ def test_randomized_operator_and_controller_moves_never_disagree():
     forward = {"s": None}  # the measured forward pass: None, fast, or far over the target
 
     def feedback() -> ModelFeedback:
-        return ModelFeedback(overhead_s=0.001, forward_s=forward["s"])
+        return ModelFeedback(overhead_s=0.001, forward_s=forward["s"], request_rate=10.0)
 
     ctl = Controller(read=idle, policy=policy, clock=clock)
     plant = server.plant()
@@ -213,7 +213,7 @@ def test_several_plants_share_one_read_and_each_gets_its_decision():
 
 def test_a_pending_switch_is_not_asked_again_every_step():
     clock, server = Clock(), Server(1.0, lag=1000)  # the switch never lands
-    server.feedback = ModelFeedback(forward_s=1.0)  # far over the target: compress
+    server.feedback = ModelFeedback(forward_s=1.0, request_rate=10.0)  # far over the target
     ctl = Controller(read=idle, clock=clock, resend_s=2.0)
     ctl.add(server.plant())
     for _ in range(12):  # 3 s at 0.25 s

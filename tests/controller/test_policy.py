@@ -102,7 +102,7 @@ def test_dwell_blocks_fast_moves():
     calm = ModelFeedback(overhead_s=0.0, forward_s=0.001)
     assert decide(alpha=BOTTOM, fb=calm, now=t.dwell_up_s - 0.1).reason == "hold"
     assert decide(alpha=BOTTOM, fb=calm, now=t.dwell_up_s).alpha == TOP
-    hot = ModelFeedback(overhead_s=0.001, forward_s=0.5)
+    hot = ModelFeedback(overhead_s=0.001, forward_s=0.5, request_rate=1.0)
     assert decide(fb=hot, now=t.dwell_down_s - 0.1).reason == "hold"
     assert decide(fb=hot, now=t.dwell_down_s).alpha == BOTTOM
 
@@ -110,7 +110,7 @@ def test_dwell_blocks_fast_moves():
 @pytest.mark.parametrize("op", [LAT, SHARE], ids=["latency", "share"])
 def test_operator_fixed_wins_and_bounds_apply(op):
     fixed = OperatorPolicy(mode="fixed", alpha=0.5, objective=op.objective)
-    hot = ModelFeedback(overhead_s=0.001, forward_s=0.5)
+    hot = ModelFeedback(overhead_s=0.001, forward_s=0.5, request_rate=1.0)
     assert decide(op=fixed, fb=hot) == type(decide(op=fixed))(0.5, "operator_fixed")
     bounded = OperatorPolicy(
         min_alpha=level(2), max_alpha=level(4), latency_target_s=0.011, objective=op.objective
@@ -203,6 +203,10 @@ def test_share_compresses_to_the_most_accurate_level_that_fits_the_free_cpu():
 def test_share_without_traffic_costs_nothing():
     d = decide(busy(other=2.0), op=SHARE, fb=ModelFeedback(request_rate=0.0))
     assert (d.alpha, d.reason) == (TOP, "hold")
+    # nor has it any latency to protect: CPU pressure alone does not compress it
+    stalled = Readings(time=0, cpu_pressure=0.8)
+    assert decide(stalled, op=SHARE).alpha == TOP
+    assert decide(stalled, op=SHARE, fb=ModelFeedback(request_rate=1.0)).alpha == level(1)
 
 
 def test_share_is_still_subject_to_the_latency_target():
