@@ -46,7 +46,8 @@ class Controller:
     moved it: the controller, an operator, a model replacement). `on_level(α, reason)` is
     called when a decision differs from the served level; while that switch is pending it is
     not repeated for `resend_s`. A crashing iteration is logged, counted (`restarts`,
-    `on_crash`) and the loop goes on after a short back-off.
+    `on_crash`) and the loop goes on after a short back-off; a plant whose callables raise is
+    skipped for that step (`plant_errors`, `on_crash`) and the others are still decided.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class Controller:
         self.latest_readings: Readings | None = None
         self.latest_decisions: dict[str, Decision] = {}
         self.restarts = 0
+        self.plant_errors: dict[str, int] = {}  # per plant: steps its callables raised in
         self._plants: dict[str, Plant] = {}
         self._states: dict[str, PolicyState] = {}  # last served α seen, and when it moved
         self._asked: dict[str, tuple[float, float]] = {}  # pending request: α, when asked
@@ -105,12 +107,13 @@ class Controller:
         now = self.clock()
         readings = self.read()
         plants = dict(self._plants)
-        views = {
-            name: PlantView(
-                p.operator(), p.profile, p.feedback(), self._observe(name, p.current_alpha(), now)
-            )
-            for name, p in plants.items()
-        }
+        views: dict[str, PlantView] = {}
+        for name, p in plants.items():
+            try:
+                state = self._observe(name, p.current_alpha(), now)
+                views[name] = PlantView(p.operator(), p.profile, p.feedback(), state)
+            except Exception:  # one model's trouble (being unloaded?) must not stop the rest
+                self._plant_failed(name)
         self._views = views
         decisions = self.policy(readings, views, now)
         for name, d in decisions.items():
@@ -120,8 +123,11 @@ class Controller:
             asked = self._asked.get(name)
             if asked is None or abs(asked[0] - d.alpha) > _EPS or now - asked[1] >= self.resend_s:
                 self._asked[name] = (d.alpha, now)
-                plant.on_level(d.alpha, d.reason)
-                self._observe(name, plant.current_alpha(), now)  # a server that switched at once
+                try:
+                    plant.on_level(d.alpha, d.reason)
+                    self._observe(name, plant.current_alpha(), now)  # switched at once?
+                except Exception:
+                    self._plant_failed(name)
         self.latest_readings, self.latest_decisions = readings, decisions
         if self.on_readings is not None:
             self.on_readings(readings, decisions)
@@ -133,6 +139,13 @@ class Controller:
         for per-request latency hints. None before the first step or for an unknown name."""
         view, r = self._views.get(name), self.latest_readings
         return None if view is None or r is None else predicted_latency(r, view, alpha)
+
+    def _plant_failed(self, name: str) -> None:
+        self.plant_errors[name] = self.plant_errors.get(name, 0) + 1
+        if self.plant_errors[name] == 1:  # once per plant, not four times a second
+            log.exception("controller: model %s failed; skipped while it fails", name)
+        if self.on_crash is not None:
+            self.on_crash()
 
     def _observe(self, name: str, alpha: float, now: float) -> PolicyState:
         """The served α is the truth; the dwell clock restarts only when it really moved."""

@@ -295,3 +295,22 @@ def test_predicted_latency_for_request_hints():
     # overhead 2 ms + forward at α = 0.5 (6 ms profiled) × slowdown 2
     assert ctl.predicted_latency("m", 0.5) == pytest.approx(0.002 + 0.006 * 2)
     assert ctl.predicted_latency("nope", 0.5) is None
+
+
+def test_a_failing_plant_is_skipped_and_the_others_are_still_steered():
+    clock, good = Clock(), Server(0.0)
+    crashes: list[int] = []
+    ctl = Controller(read=idle, clock=clock, on_crash=lambda: crashes.append(1))
+    ctl.add(good.plant("good"))
+    bad = good.plant("bad")
+
+    def gone() -> float:
+        raise KeyError("model unloaded")
+
+    bad.current_alpha = gone
+    ctl.add(bad)
+    ctl.step()
+    clock.t = DWELL_UP
+    decisions = ctl.step()
+    assert set(decisions) == {"good"} and good.alpha == 1.0
+    assert ctl.plant_errors == {"bad": 2} and len(crashes) == 2 and ctl.restarts == 0
