@@ -422,6 +422,7 @@ def cpu_linear_one(r: Readings, p: PlantView, now: float, t: Tuning = Tuning()) 
 cpu_linear = register("cpu_linear")(each(cpu_linear_one))
 
 __all__ = [
+    "OBJECTIVES",
     "POLICIES",
     "Decision",
     "LevelPoint",
@@ -433,4 +434,6 @@ __all__ = [
     "Tuning",
     "each",
     "get_policy",
+    "latency_headroom",
+    "predicted_latency",
 ]
