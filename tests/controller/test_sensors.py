@@ -280,3 +280,39 @@ def test_niced_work_yields_to_the_daemon_unless_it_is_niced_too(tmp_path, my_nic
     write(proc, "stat", stat_line(50, 100))  # in 1 s: 0.5 core at nice 0, 1 core niced
     clock["t"] = 1.0
     assert share.sample()[0] == pytest.approx(expected)
+
+
+def test_the_daemons_children_count_as_its_own_cpu_on_this_kernel():
+    """A real child burner (the tier-2 export worker's shape) is the daemon's own work."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from controller.cpushare import CpuShare
+
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 5: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        c = psutil.Process(child.pid)
+        stamps: list[float] = []
+
+        def clock() -> float:
+            stamps.append(time.monotonic())
+            return stamps[-1]
+
+        share = CpuShare(ps=psutil, pid=os.getpid(), clock=clock, tau_s=1e-9)  # no smoothing
+        share.sample()  # lists the child
+        before = sum(c.cpu_times()[:2])  # inside the sampled interval
+        time.sleep(0.5)
+        after = sum(c.cpu_times()[:2])
+        other, own = share.sample()
+        assert own is not None and other is not None
+        assert after - before > 0.03, "the child got no CPU at all"
+        own_s = own * (stamps[-1] - stamps[0])  # CPU seconds the sample gave the tree
+        assert own_s >= after - before - 0.02  # one tick of /proc resolution either side
+    finally:
+        child.kill()
+        child.wait()
