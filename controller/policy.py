@@ -139,7 +139,8 @@ class Tuning:
 
     up_margin: float = 0.7  # move toward accuracy only if predicted ≤ 70 % of the target
     dwell_up_s: float = 3.0  # minimum time at a level before moving toward accuracy
-    dwell_down_s: float = 0.5  # minimum time between moves toward compression
+    dwell_down_s: float = 2.0  # minimum time between moves toward compression: what drives
+    # the next move (the server's feedback medians, the smoothed CPU) shows a new level after ~2 s
     battery_low: float = 20.0  # % while discharging: cap at the middle of the range
     battery_critical: float = 10.0  # %: cap at the most compressed level
     memory_low_fraction: float = 0.10

@@ -59,7 +59,10 @@ class Readings:
 
 @dataclass(frozen=True)
 class ModelFeedback:
-    """One model's own recent traffic, as the server measured it."""
+    """One model's own recent traffic, as the server measured it. The rate counts every
+    recent request; latencies, overhead and forward time should come from requests served
+    at the current level only (None until there are some): a window that still holds the
+    previous level's requests makes the policy misjudge the level it has just chosen."""
 
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None

@@ -216,10 +216,11 @@ def test_a_pending_switch_is_not_asked_again_every_step():
     server.feedback = ModelFeedback(forward_s=1.0, request_rate=10.0)  # far over the target
     ctl = Controller(read=idle, clock=clock, resend_s=2.0)
     ctl.add(server.plant())
-    for _ in range(12):  # 3 s at 0.25 s
+    ctl.step()  # first sight at t = 0: the down-dwell runs from here
+    for _ in range(18):  # to 4.5 s in steps of 0.25 s
         clock.t += 0.25
         ctl.step()
-    assert [a for a, _ in server.asked] == [0.0, 0.0]  # once, then once more after resend_s
+    assert [a for a, _ in server.asked] == [0.0, 0.0]  # at 2 s (dwell), once more after resend_s
 
 
 def run(coro):
