@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controller.allocate import Option, allocate
 from controller.readings import ModelFeedback, Readings
@@ -121,6 +121,9 @@ class PolicyState:
 class Decision:
     alpha: float
     reason: str
+    # What the default policy predicts at α, for GET /level (not part of the decision's identity)
+    demand_cores: float | None = field(default=None, compare=False)  # this model's CPU
+    latency_s: float | None = field(default=None, compare=False)  # its request latency
 
 
 @dataclass(frozen=True)
@@ -364,7 +367,13 @@ def latency_headroom(
             chosen[name] = (a, "cpu_share" if a < levels[-1] - 1e-9 else why, unreachable)
     for name, (a, why, unreachable) in chosen.items():
         out[name] = _settle(plants[name].state, a, why, unreachable, now, t)
-    return {name: out[name] for name in plants}
+    return {name: _predicted(out[name], r, p, demand) for name, p in plants.items()}
+
+
+def _predicted(
+    d: Decision, r: Readings, p: PlantView, demand: Callable[[PlantView, float], float]
+) -> Decision:
+    return replace(d, demand_cores=demand(p, d.alpha), latency_s=predicted_latency(r, p, d.alpha))
 
 
 def _operator_decision(p: PlantView) -> Decision | None:

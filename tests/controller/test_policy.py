@@ -288,3 +288,13 @@ def test_registry_and_other_policies():
 def test_an_operator_policy_refuses_nonsense(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         OperatorPolicy(**bad)
+
+
+def test_decisions_carry_what_they_predict_for_get_level():
+    # as in test_share_uses_the_calibrated_cost: level 3 costs 0.2 + 0.1 · 4 = 0.6 core;
+    # no latency figures: forward 4 ms at level 3, no contention
+    fb = ModelFeedback(request_rate=100.0, overhead_s=0.005)
+    d = decide(busy(other=1.2, own=0.9), op=SHARE, fb=fb)
+    assert d.demand_cores == pytest.approx(0.6)
+    assert d.latency_s == pytest.approx(0.005 + fwd(3))
+    assert d == type(d)(d.alpha, d.reason)  # not part of the decision's identity
