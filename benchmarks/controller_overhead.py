@@ -1,4 +1,4 @@
-"""CPU cost of the controller at its default interval: process CPU time / wall time, alone."""
+"""CPU cost of the controller steering three models: process CPU time / wall time, alone."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import statistics
 import time
 
 from benchmarks.common import save
-from controller.loop import Controller
-from controller.policy import get_policy
+from controller.loop import Controller, Plant
+from controller.policy import OperatorPolicy
+from controller.readings import ModelFeedback
 from controller.sensors import SystemReader
 from controller.watch import synthetic_profile
+
+MODELS = 3
 
 
 def cpu_seconds() -> float:
@@ -20,15 +23,25 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-async def run(seconds: float, interval: float) -> dict[str, float]:
-    reader = SystemReader(feedback=lambda: (0.001, 0.002, 0.003, 0))
-    ctl = Controller(
-        read=reader.read,
-        policy=get_policy("latency_headroom"),
+def plant(name: str) -> Plant:
+    """A model with steady traffic whose served level follows the controller's decisions."""
+    alpha = {"now": 1.0}
+    feedback = ModelFeedback(0.001, 0.002, 0.003, 0.0008, 0.0005, 100.0, 0)
+    return Plant(
+        name=name,
         profile=synthetic_profile(),
-        on_level=lambda a, r: None,
-        interval_s=interval,
+        current_alpha=lambda: alpha["now"],
+        operator=OperatorPolicy,
+        feedback=lambda: feedback,
+        on_level=lambda a, r: alpha.update(now=a),
     )
+
+
+async def run(seconds: float, interval: float) -> dict[str, float]:
+    reader = SystemReader()
+    ctl = Controller(read=reader.read, interval_s=interval)
+    for i in range(MODELS):
+        ctl.add(plant(f"model{i}"))
     steps = []
     for _ in range(200):  # the cost of one iteration, in isolation
         t0 = time.perf_counter()
@@ -40,6 +53,7 @@ async def run(seconds: float, interval: float) -> dict[str, float]:
     await ctl.stop()
     cpu, wall = cpu_seconds() - c0, time.monotonic() - w0
     return {
+        "models": MODELS,
         "interval_s": interval,
         "wall_s": wall,
         "cpu_s": cpu,
@@ -55,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     r = asyncio.run(run(args.seconds, args.interval))
     print(
-        f"controller at {r['interval_s']} s: one iteration {r['step_median_ms']:.3f} ms; "
+        f"controller, {MODELS} models, at {r['interval_s']} s: one iteration {r['step_median_ms']:.3f} ms; "
         f"{r['cpu_s']:.3f} s CPU in {r['wall_s']:.1f} s = {100 * r['core_share']:.2f} % of a core"
     )
     save("controller_overhead", r)

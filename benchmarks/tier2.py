@@ -1,4 +1,4 @@
-"""Tier 2 (ONNX Runtime) against tier 1 (PyTorch) and a stand-alone ORT session, batch 1."""
+"""Tier 2 (ONNX ServedModel) against tier 1 (PyTorch) and a stand-alone ORT session, batch 1."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import onnxruntime as ort
 import torch
 
 from benchmarks.common import interleaved, ratio, save
-from server import wiring
+from server import daemon as serving
 from server.metrics import Metrics
-from server.runtime import Runtime
+from server.served import ServedModel
 from server.settings import Settings
 from server.tier2 import export, session_options, warmup_batch
 from tests.helpers import make_checkpoint
@@ -24,9 +24,9 @@ from tests.helpers import make_checkpoint
 WIDTHS = (1.0, 0.25)  # structured γ: full width and the narrowest trained one
 
 
-async def until_onnx(rt: Runtime, timeout_s: float = 600) -> float:
+async def until_onnx(rt: ServedModel, timeout_s: float = 600) -> float:
     t0 = time.perf_counter()
-    while rt.tier() != "onnx":
+    while rt.service.tier() != "onnx":
         if time.perf_counter() - t0 > timeout_s:
             raise TimeoutError("tier 2 never served the level")
         await asyncio.sleep(0.001)
@@ -41,33 +41,34 @@ async def measure(name: str, ckpt: Path | None, repeats: int, warm: int) -> dict
         tier2_enabled=True,
         tier2_settle_s=0.0,
     )
-    rt = await wiring.start(settings, Metrics())
+    d = await serving.start(settings, Metrics())
+    rt = d.registry.get()
     try:
         assert rt.tier2 is not None
-        calc, (c, h, w) = rt.slot.calc, rt.slot.meta.input_size
+        calc, (c, h, w) = rt.level.calc, rt.meta.input_size
         x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))
         xn = np.ascontiguousarray(x.numpy())
-        gammas = WIDTHS if rt.slot.meta.family == "structured" else calc.gamma_range[::-1]
+        gammas = WIDTHS if rt.meta.family == "structured" else calc.gamma_range[::-1]
         rows, ready_s = [], []
         for gamma in gammas:
             t0 = time.perf_counter()
-            await rt.switch(calc.alpha(gamma), "bench")
+            await rt.level.switch(calc.alpha(gamma), "bench")
             ready_s.append(time.perf_counter() - t0 + await until_onnx(rt))
-            level = rt.slot.current
+            level = rt.level.current
             prepared = rt.tier2.active
             assert prepared is not None and prepared.matches(level)
             # The same network in a session of its own, as a plain ORT user would run it.
-            model, _ = export(rt.slot.net, level, warmup_batch((c, h, w)))
+            model, _ = export(rt.net, level, warmup_batch((c, h, w)))
             alone = ort.InferenceSession(
                 model, session_options(1), providers=["CPUExecutionProvider"]
             )
 
             def tier1(level=level) -> object:
                 with torch.inference_mode():
-                    return torch.softmax(rt.slot.net(x, level), dim=1)  # Runtime.forward's tier 1
+                    return torch.softmax(rt.net(x, level), dim=1)  # ServedModel.forward's tier 1
 
             def tier2() -> object:
-                probs, _, tier = rt.forward(x)
+                probs, _, tier = rt.service.forward(x)
                 assert tier == "onnx"
                 return probs
 
@@ -101,9 +102,9 @@ async def measure(name: str, ckpt: Path | None, repeats: int, warm: int) -> dict
             )
         # Back to the first level: a cache hit, served by tier 2 at once.
         t0 = time.perf_counter()
-        await rt.switch(calc.alpha(gammas[0]), "bench")
+        await rt.level.switch(calc.alpha(gammas[0]), "bench")
         hit_s = time.perf_counter() - t0 + await until_onnx(rt)
-        result: dict[str, Any] = {"model": name, "arch": rt.slot.meta.arch, "rows": rows}
+        result: dict[str, Any] = {"model": name, "arch": rt.meta.arch, "rows": rows}
         result["cache_hit_ready_s"] = hit_s
         # Full against narrowest width on tier 2: both sessions are cached, so their forward
         # passes can alternate round by round.
@@ -114,7 +115,7 @@ async def measure(name: str, ckpt: Path | None, repeats: int, warm: int) -> dict
         result["tier2_wide_per_narrow"] = ratio(t.pop("_times"), "wide", "narrow")
         return result
     finally:
-        await wiring.stop(rt)
+        await serving.stop(d)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,34 +1,49 @@
-"""Policies: pure functions from readings, operator policy and level profile to a level α."""
+"""Policies: pure functions from the machine's readings and each model's operator policy, level
+profile and traffic to one level α per model."""
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
-from controller.readings import Readings
-
-REASONS = (
-    "startup",
-    "operator_fixed",
-    "bounds",
-    "latency",
-    "cpu",
-    "memory_pressure",
-    "battery_low",
-    "recovered",
-    "hold",
-)
+from controller.allocate import Option, allocate
+from controller.readings import ModelFeedback, Readings
 
 
 @dataclass(frozen=True)
 class OperatorPolicy:
+    """What the operator set for one model (PUT /level). Validates itself: a bad value raises
+    ValueError naming it, for the server to turn into a 4xx."""
+
     mode: str = "auto"  # "auto" | "fixed"
     alpha: float | None = None  # for fixed
     min_alpha: float | None = None
     max_alpha: float | None = None
     latency_target_s: float = 0.05
     latency_quantile: float = 0.95
+    objective: str = "share"  # "share": a good neighbour's CPU share | "latency": the target only
+    priority: float = 1.0  # weight of this model in the joint allocation
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if not (math.isfinite(self.priority) and self.priority >= 0):
+            raise ValueError(f"priority must be a finite number ≥ 0, not {self.priority}")
+        if not (math.isfinite(self.latency_target_s) and self.latency_target_s > 0):
+            raise ValueError(f"latency_target_s must be > 0, not {self.latency_target_s}")
+        if not 0 < self.latency_quantile < 1:
+            raise ValueError(f"latency_quantile must be in (0, 1), not {self.latency_quantile}")
+        lo, hi = self.min_alpha, self.max_alpha
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"min_alpha {lo} is above max_alpha {hi}")
+
+
+MODES = ("auto", "fixed")
+OBJECTIVES = ("share", "latency")
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,8 @@ class Profile:
 
     points: tuple[LevelPoint, ...]
     measured: Callable[[float], float | None] | None = None
+    _alphas: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
+    has_accuracy: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -55,8 +72,12 @@ class Profile:
     ) -> None:
         if not points:
             raise ValueError("a profile needs at least one level")
-        object.__setattr__(self, "points", tuple(sorted(points, key=lambda p: p.alpha)))
+        pts = tuple(sorted(points, key=lambda p: p.alpha))
+        object.__setattr__(self, "points", pts)
         object.__setattr__(self, "measured", measured)
+        # the controller's step reads these a few hundred times: computed once
+        object.__setattr__(self, "_alphas", tuple(p.alpha for p in pts))
+        object.__setattr__(self, "has_accuracy", all(p.accuracy is not None for p in pts))
 
     def latency(self, p: LevelPoint) -> float:
         now = None if self.measured is None else self.measured(p.alpha)
@@ -64,34 +85,55 @@ class Profile:
 
     @property
     def alphas(self) -> list[float]:
-        return [p.alpha for p in self.points]
+        return list(self._alphas)
 
     def expected_latency(self, alpha: float) -> float:
         """Forward latency at α, linearly interpolated between measured levels."""
-        a, pts = self.alphas, self.points
+        a, pts = self._alphas, self.points
         i = bisect.bisect_left(a, alpha)
-        if i <= 0:
-            return self.latency(pts[0])
         if i >= len(a):
             return self.latency(pts[-1])
+        if i == 0 or abs(a[i] - alpha) <= 1e-12:
+            return self.latency(pts[i])
         lo, hi = pts[i - 1], pts[i]
         t = (alpha - lo.alpha) / (hi.alpha - lo.alpha)
         return self.latency(lo) + t * (self.latency(hi) - self.latency(lo))
 
+    def point(self, alpha: float) -> LevelPoint:
+        """The profiled level nearest to α."""
+        a = self._alphas
+        i = bisect.bisect_left(a, alpha)
+        if i > 0 and (i == len(a) or alpha - a[i - 1] <= a[i] - alpha):
+            i -= 1
+        return self.points[i]
+
     def nearest(self, alpha: float) -> float:
-        return min(self.alphas, key=lambda a: abs(a - alpha))
+        return self.point(alpha).alpha
 
 
 @dataclass(frozen=True)
 class PolicyState:
-    alpha: float
-    changed_at: float  # monotonic seconds of the last change
+    alpha: float  # the level the server serves now (read from it every step)
+    changed_at: float  # monotonic seconds when it last really moved
 
 
 @dataclass(frozen=True)
 class Decision:
     alpha: float
     reason: str
+    # What the default policy predicts at α, for GET /level (not part of the decision's identity)
+    demand_cores: float | None = field(default=None, compare=False)  # this model's CPU
+    latency_s: float | None = field(default=None, compare=False)  # its request latency
+
+
+@dataclass(frozen=True)
+class PlantView:
+    """What a policy sees of one model: its operator policy, profile, traffic and level."""
+
+    operator: OperatorPolicy
+    profile: Profile
+    feedback: ModelFeedback
+    state: PolicyState
 
 
 @dataclass(frozen=True)
@@ -100,15 +142,23 @@ class Tuning:
 
     up_margin: float = 0.7  # move toward accuracy only if predicted ≤ 70 % of the target
     dwell_up_s: float = 3.0  # minimum time at a level before moving toward accuracy
-    dwell_down_s: float = 0.5  # minimum time between moves toward compression
+    dwell_down_s: float = 2.0  # minimum time between moves toward compression: what drives
+    # the next move (the server's feedback medians, the smoothed CPU) shows a new level after ~2 s
     battery_low: float = 20.0  # % while discharging: cap at the middle of the range
     battery_critical: float = 10.0  # %: cap at the most compressed level
     memory_low_fraction: float = 0.10
     memory_pressure_high: float = 0.20  # PSI memory some avg10
     cpu_busy: float = 0.85  # used by cpu_linear
+    cpu_headroom: float = 0.2  # share: leave this fraction of the free CPU to others' bursts
+    cpu_up_margin: float = 0.8  # share: a move toward accuracy must fit in 80 % of the budget
+    settle_s: float = 2.0  # share: trust the daemon's own CPU this long after a level change
+    k_min: float = 0.1  # share: the forward cost may be explained down to this much (batching)
+    unreachable_gain: float = 0.25  # compress for an unreachable target only if it cuts 25 %
 
 
-Policy = Callable[[Readings, OperatorPolicy, Profile, PolicyState, float], Decision]
+# A policy decides every model at once (they share one machine): readings, plants by name, now.
+Policy = Callable[[Readings, Mapping[str, PlantView], float], dict[str, Decision]]
+PlantPolicy = Callable[[Readings, PlantView, float], Decision]
 POLICIES: dict[str, Policy] = {}
 
 
@@ -118,6 +168,16 @@ def register(name: str) -> Callable[[Policy], Policy]:
         return fn
 
     return deco
+
+
+def each(fn: PlantPolicy) -> Policy:
+    """A policy that decides every model on its own, by `fn`."""
+
+    def policy(r: Readings, plants: Mapping[str, PlantView], now: float) -> dict[str, Decision]:
+        return {name: fn(r, p, now) for name, p in plants.items()}
+
+    policy.__doc__ = fn.__doc__
+    return policy
 
 
 def get_policy(name: str) -> Policy:
@@ -159,86 +219,207 @@ def cpu_slowdown(r: Readings) -> float:
     return 1.0 / max(0.05, 1.0 - min(stall, 0.95))
 
 
-def predicted_latency(
-    r: Readings, op: OperatorPolicy, profile: Profile, current: float, alpha: float
-) -> tuple[float, str]:
-    """Latency at α under the present contention, and which signal predicted it.
+def slowdown(r: Readings, p: PlantView) -> float:
+    """How much slower the forward pass runs now than profiled: measured at the served level
+    when the server has a figure, else from CPU pressure."""
+    fb = p.feedback
+    if fb.forward_s is not None and fb.forward_s > 0:
+        return max(1.0, fb.forward_s / p.profile.expected_latency(p.state.alpha))
+    return cpu_slowdown(r)
 
-    With recent request latencies, the observed quantile is scaled by the ratio of forward
-    costs (it already includes the contention and the server's own overheads); without them,
-    the profiled forward latency is scaled by the CPU-pressure slowdown."""
-    by_cpu = profile.expected_latency(alpha) * cpu_slowdown(r)
-    observed = r.latency_quantile(op.latency_quantile)
-    if observed is None:
-        return by_cpu, "cpu"
-    scaled = observed * profile.expected_latency(alpha) / profile.expected_latency(current)
-    return (scaled, "latency") if scaled >= by_cpu else (by_cpu, "cpu")
+
+def predicted_latency(r: Readings, p: PlantView, alpha: float) -> float:
+    """Request latency at α: the non-forward part (HTTP, decode, queue), which compression
+    cannot shrink, plus the forward pass at α (profiled, or as its tier runs now) times the
+    contention slowdown. With an observed quantile, the non-forward part is whatever that
+    quantile has beyond the forward pass at the served level."""
+    profile, fb = p.profile, p.feedback
+    slow = slowdown(r, p)
+    overhead = fb.overhead_s or 0.0
+    observed = fb.latency_quantile(p.operator.latency_quantile)
+    if observed is not None:
+        overhead = max(overhead, observed - profile.expected_latency(p.state.alpha) * slow)
+    return overhead + profile.expected_latency(alpha) * slow
+
+
+def candidates(r: Readings, p: PlantView, t: Tuning) -> tuple[list[float], str | None, bool]:
+    """The levels a model may take now, the reason the best of them is below the operator's
+    top (None if it is not) and whether the latency target is out of reach.
+
+    Bounds, then the battery and memory caps, then the latency target (a move toward
+    accuracy must be predicted within `up_margin` of it). When no level meets the target,
+    compression is used only if it buys a real cut (`unreachable_gain`); a model whose
+    requests are mostly overhead is not compressed for nothing. Under the share objective a
+    model without traffic has no latency to protect: the target does not apply."""
+    levels = allowed(p.operator, p.profile)
+    current = p.state.alpha
+    cap = resource_cap(r, levels, t, current)
+    capped = [a for a in levels if cap is None or a <= cap[0] + 1e-9]
+    why = cap[1] if cap is not None and capped[-1] < levels[-1] - 1e-9 else None
+    if p.operator.objective == "share" and p.feedback.request_rate <= 0:
+        return capped, why, False
+    pred = {a: predicted_latency(r, p, a) for a in capped}
+    target = p.operator.latency_target_s
+    ok = [a for a in capped if pred[a] <= target * (1.0 if a <= current + 1e-9 else t.up_margin)]
+    if ok:
+        chosen = ok
+    else:
+        fastest = min(capped, key=lambda a: (pred[a], -a))
+        # once compressed, stay so until the cut is clearly small (no flapping at the edge)
+        gain = t.unreachable_gain / (2 if current <= fastest + 1e-9 else 1)
+        chosen = [fastest] if pred[fastest] <= (1 - gain) * pred[capped[-1]] else capped
+    if chosen[-1] < capped[-1] - 1e-9:
+        why = "latency" if ok else "target_unreachable"
+    return chosen, why, not ok
+
+
+def calibrate(
+    r: Readings, plants: Mapping[str, PlantView], now: float, t: Tuning
+) -> tuple[float, float]:
+    """(k, o): the daemon's CPU seconds per request at α ≈ o + k · forward(α), fitted to the
+    CPU its process tree really uses (`own_cpu_cores`).
+
+    What the profiled forward passes do not explain is overhead (HTTP, decode), at most its
+    measured wall time; anything beyond that scales the forward part (intra-op threads);
+    less than the forward passes (batching) scales it down. Until every model with traffic
+    has stayed `settle_s` at its level, the smoothed CPU still shows the previous level:
+    then (1, 0), an estimate that errs low, so a stale reading never drives a compression."""
+    busy = [p for p in plants.values() if p.feedback.request_rate > 0]
+    own = r.own_cpu_cores
+    if own is None or not busy or any(now - p.state.changed_at < t.settle_s for p in busy):
+        return 1.0, 0.0
+    rate = sum(p.feedback.request_rate for p in busy)
+    fwd = sum(p.feedback.request_rate * p.profile.expected_latency(p.state.alpha) for p in busy)
+    if fwd <= 0:
+        return 1.0, own / rate
+    extra = own - fwd
+    if extra < 0:
+        return max(t.k_min, own / fwd), 0.0
+    walls = [p.feedback.overhead_s for p in busy]
+    if all(w is not None for w in walls):
+        wall = sum(p.feedback.request_rate * (p.feedback.overhead_s or 0.0) for p in busy)
+        overhead = min(extra, wall)
+    else:
+        overhead = extra
+    k = 1.0 + (extra - overhead) / fwd
+    return min(k, float(max(1, r.cpu_count or 1))), overhead / rate
+
+
+def accuracy(profile: Profile, alpha: float) -> float:
+    """The held-out accuracy at α; α itself when the profile has no accuracy figures (the
+    paper's ordering: a larger α is a wider, more accurate model)."""
+    acc = profile.point(alpha).accuracy if profile.has_accuracy else None
+    return alpha if acc is None else acc
 
 
 @register("latency_headroom")
 def latency_headroom(
-    r: Readings,
-    op: OperatorPolicy,
-    profile: Profile,
-    state: PolicyState,
-    now: float,
-    t: Tuning = Tuning(),
+    r: Readings, plants: Mapping[str, PlantView], now: float, t: Tuning = Tuning()
+) -> dict[str, Decision]:
+    """The default policy, both objectives, every model at once.
+
+    `latency`: each model at the most accurate level predicted to meet its latency target.
+    `share`: the same candidates, then one CPU budget, what other work leaves free of the
+    daemon's CPUs (less `cpu_headroom`), shared among the models by a knapsack that
+    maximises Σ priority × request rate × accuracy(α). Fixed, out-of-bounds and
+    latency-objective models are settled first and their demand comes off the budget. A
+    move toward accuracy must fit with `cpu_up_margin` to spare; dwell keeps it steady."""
+    k, o = calibrate(r, plants, now, t)
+
+    def demand(p: PlantView, a: float) -> float:
+        return p.feedback.request_rate * (o + k * p.profile.expected_latency(a))
+
+    free = r.cpu_free_cores
+    budget = math.inf if free is None else free * (1.0 - t.cpu_headroom)
+    out: dict[str, Decision] = {}
+    chosen: dict[str, tuple[float, str | None, bool]] = {}
+    shared: dict[str, tuple[list[float], str | None, bool]] = {}
+    for name, p in plants.items():
+        settled = _operator_decision(p)
+        if settled is not None:  # fixed or out of bounds: no choice, but it uses CPU
+            out[name] = settled
+            budget -= demand(p, settled.alpha)
+            continue
+        levels, why, unreachable = candidates(r, p, t)
+        if p.operator.objective == "share":
+            shared[name] = (levels, why, unreachable)
+        else:
+            chosen[name] = (levels[-1], why, unreachable)
+            budget -= demand(p, levels[-1])
+    if shared:
+        options = {
+            name: [
+                Option(
+                    a,
+                    demand(plants[name], a)
+                    / (t.cpu_up_margin if a > plants[name].state.alpha + 1e-9 else 1.0),
+                    plants[name].operator.priority
+                    * plants[name].feedback.request_rate
+                    * accuracy(plants[name].profile, a),
+                )
+                for a in levels
+            ]
+            for name, (levels, _, _) in shared.items()
+        }
+        alloc = allocate(options, max(0.0, budget))
+        for name, (levels, why, unreachable) in shared.items():
+            a = alloc[name]
+            chosen[name] = (a, "cpu_share" if a < levels[-1] - 1e-9 else why, unreachable)
+    for name, (a, why, unreachable) in chosen.items():
+        out[name] = _settle(plants[name].state, a, why, unreachable, now, t)
+    return {name: _predicted(out[name], r, p, demand) for name, p in plants.items()}
+
+
+def _predicted(
+    d: Decision, r: Readings, p: PlantView, demand: Callable[[PlantView, float], float]
 ) -> Decision:
-    """The most accurate level whose predicted latency meets the target, within the bounds,
-    capped on low battery and under memory pressure; hysteresis and dwell keep it steady."""
+    return replace(d, demand_cores=demand(p, d.alpha), latency_s=predicted_latency(r, p, d.alpha))
+
+
+def _operator_decision(p: PlantView) -> Decision | None:
+    """The operator's fixed level, or the nearest level inside the bounds when the served one
+    is outside them (both at once, no dwell); None when the policy may choose."""
+    op, current = p.operator, p.state.alpha
     if op.mode == "fixed" and op.alpha is not None:
         return Decision(op.alpha, "operator_fixed")
-    levels = allowed(op, profile)
-    current = state.alpha
-    if current < levels[0] - 1e-9 or current > levels[-1] + 1e-9:
-        return Decision(profile.nearest(min(max(current, levels[0]), levels[-1])), "bounds")
-    cap = resource_cap(r, levels, t, current)
-    fits = [
-        a
-        for a in levels
-        if predicted_latency(r, op, profile, current, a)[0]
-        <= op.latency_target_s * (1.0 if a <= current + 1e-9 else t.up_margin)
-    ]
-    best = fits[-1] if fits else levels[0]
-    reason = (
-        "recovered" if best > current else predicted_latency(r, op, profile, current, current)[1]
-    )
-    if cap is not None and best > cap[0]:
-        best, reason = cap
-    since = now - state.changed_at
-    if best > current + 1e-9 and since < t.dwell_up_s:
-        return Decision(current, "hold")
-    if best < current - 1e-9 and since < t.dwell_down_s:
-        return Decision(current, "hold")
-    if abs(best - current) <= 1e-9:
-        return Decision(current, "hold")
-    return Decision(best, reason)
+    levels = allowed(op, p.profile)
+    if levels[0] - 1e-9 <= current <= levels[-1] + 1e-9:
+        return None
+    return Decision(p.profile.nearest(min(max(current, levels[0]), levels[-1])), "bounds")
+
+
+def _settle(
+    state: PolicyState, alpha: float, why: str | None, unreachable: bool, now: float, t: Tuning
+) -> Decision:
+    """Dwell: no move toward accuracy within `dwell_up_s` of the last change, none toward
+    compression within `dwell_down_s`."""
+    current, since = state.alpha, now - state.changed_at
+    if alpha > current + 1e-9:
+        return Decision(alpha, "recovered") if since >= t.dwell_up_s else Decision(current, "hold")
+    if alpha < current - 1e-9:
+        if since < t.dwell_down_s:
+            return Decision(current, "hold")
+        return Decision(alpha, why or "cpu_share")
+    return Decision(current, "target_unreachable" if unreachable else "hold")
 
 
 @register("static")
-def static(
-    r: Readings, op: OperatorPolicy, profile: Profile, state: PolicyState, now: float
-) -> Decision:
+@each
+def static(r: Readings, p: PlantView, now: float) -> Decision:
     """Always the most accurate level the operator allows."""
+    op = p.operator
     if op.mode == "fixed" and op.alpha is not None:
         return Decision(op.alpha, "operator_fixed")
-    best = allowed(op, profile)[-1]
-    return Decision(best, "hold" if best == state.alpha else "bounds")
+    best = allowed(op, p.profile)[-1]
+    return Decision(best, "hold" if best == p.state.alpha else "bounds")
 
 
-@register("cpu_linear")
-def cpu_linear(
-    r: Readings,
-    op: OperatorPolicy,
-    profile: Profile,
-    state: PolicyState,
-    now: float,
-    t: Tuning = Tuning(),
-) -> Decision:
+def cpu_linear_one(r: Readings, p: PlantView, now: float, t: Tuning = Tuning()) -> Decision:
     """α falls linearly with CPU utilisation: idle → most accurate, busy → most compressed."""
+    op, state = p.operator, p.state
     if op.mode == "fixed" and op.alpha is not None:
         return Decision(op.alpha, "operator_fixed")
-    levels = allowed(op, profile)
+    levels = allowed(op, p.profile)
     if r.cpu_utilisation is None:
         return Decision(state.alpha, "hold")
     share = 1.0 - min(r.cpu_utilisation / t.cpu_busy, 1.0)
@@ -248,13 +429,21 @@ def cpu_linear(
     return Decision(best, "cpu")
 
 
+cpu_linear = register("cpu_linear")(each(cpu_linear_one))
+
 __all__ = [
+    "OBJECTIVES",
     "POLICIES",
     "Decision",
     "LevelPoint",
     "OperatorPolicy",
+    "PlantView",
+    "Policy",
     "PolicyState",
     "Profile",
     "Tuning",
+    "each",
     "get_policy",
+    "latency_headroom",
+    "predicted_latency",
 ]

@@ -1,4 +1,4 @@
-"""Readings: a frozen snapshot of the machine and of the server's own feedback."""
+"""Readings: a frozen snapshot of the machine, and each model's own recent traffic."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Readings:
-    """Every source is optional: None means missing (not zero)."""
+    """The machine, shared by every model. Every source is optional: None means missing (not
+    zero)."""
 
     time: float  # monotonic seconds
     cpu_utilisation: float | None = None  # 0–1, smoothed
@@ -21,10 +22,10 @@ class Readings:
     cgroup_cpu_limit_cores: float | None = None
     cgroup_memory_limit_bytes: int | None = None
     cgroup_memory_current_bytes: int | None = None
-    latency_p50_s: float | None = None
-    latency_p95_s: float | None = None
-    latency_p99_s: float | None = None
-    queue_depth: int | None = None
+    cpu_count: int | None = None  # CPUs this process may run on (affinity)
+    cpu_available_cores: float | None = None  # the most the daemon may use: min(affinity, quota)
+    other_cpu_cores: float | None = None  # taken now by other work on those CPUs, smoothed
+    own_cpu_cores: float | None = None  # taken now by the daemon's own process tree, smoothed
 
     @property
     def memory_available_fraction(self) -> float | None:
@@ -44,6 +45,32 @@ class Readings:
     @property
     def on_battery(self) -> bool:
         return self.battery_percent is not None and self.battery_charging is False
+
+    @property
+    def cpu_free_cores(self) -> float | None:
+        """The CPU the daemon could use now: what other work leaves of its CPUs, at most its
+        quota. None when the machine does not say (then CPU is no constraint)."""
+        if self.other_cpu_cores is None or self.cpu_count is None:
+            return self.cpu_available_cores
+        free = max(0.0, self.cpu_count - self.other_cpu_cores)
+        cap = self.cpu_available_cores
+        return free if cap is None else min(free, cap)
+
+
+@dataclass(frozen=True)
+class ModelFeedback:
+    """One model's own recent traffic, as the server measured it. The rate counts every
+    recent request; latencies, overhead and forward time should come from requests served
+    at the current level only (None until there are some): a window that still holds the
+    previous level's requests makes the policy misjudge the level it has just chosen."""
+
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    latency_p99_s: float | None = None
+    overhead_s: float | None = None  # median non-forward part of a request (HTTP, decode, queue)
+    forward_s: float | None = None  # median forward seconds a request waited for, current level
+    request_rate: float = 0.0  # requests/s over the last few seconds
+    queue_depth: int = 0
 
     def latency_quantile(self, q: float) -> float | None:
         if q >= 0.99:

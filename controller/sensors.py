@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,12 +14,11 @@ import psutil
 
 from controller import cgroup
 from controller.cgroup import cpu_quota_cores
+from controller.cpushare import CpuShare, affinity
 from controller.readings import Readings
 
 __all__ = ["SystemReader", "cpu_quota_cores", "psi_some_avg10"]
 log = logging.getLogger("lcs.controller")
-
-Feedback = Callable[[], tuple[float | None, float | None, float | None, int]]
 
 
 def psi_some_avg10(path: Path) -> float:
@@ -40,19 +40,31 @@ class SystemReader:
         proc_root: str = "/proc",
         cgroup_root: str = "/sys/fs/cgroup",
         ps: ModuleType | Any = psutil,
-        feedback: Feedback | None = None,
         on_error: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         smoothing: float = 0.3,
+        pid: int | None = None,
+        cpus: Callable[[], set[int]] = affinity,
+        cpu_tau_s: float = 0.5,
     ) -> None:
         self.proc = Path(proc_root)
-        self.ps, self.feedback, self.on_error, self.clock = ps, feedback, on_error, clock
+        self.ps, self.on_error, self.clock = ps, on_error, clock
         self.smoothing = smoothing
         self.errors: dict[str, int] = {}
         self.missing: set[str] = set()  # sources this machine does not have: not retried
         self._cpu: float | None = None
         self._paths: cgroup.CgroupPaths | None = None
         self._cgroup_root = cgroup_root
+        self.cpus = cpus
+        self.share = CpuShare(
+            proc_root=proc_root,
+            ps=ps,
+            pid=os.getpid() if pid is None else pid,
+            cpus=cpus,
+            clock=clock,
+            tau_s=cpu_tau_s,
+        )
+        self._sample("cpu_share", self.share.sample)  # the baseline the next read compares to
         # psutil's first cpu_percent() compares against nothing: prime it and discard it.
         self._sample("cpu", lambda: self.ps.cpu_percent(interval=None))
 
@@ -88,15 +100,14 @@ class SystemReader:
             values["cgroup_memory_current_bytes"] = self._sample(
                 "cgroup_memory", lambda: cgroup.memory_current_bytes(paths)
             )
-        if self.feedback is not None:
-            fb = self._sample("feedback", self.feedback)
-            if fb is not None:
-                (
-                    values["latency_p50_s"],
-                    values["latency_p95_s"],
-                    values["latency_p99_s"],
-                    values["queue_depth"],
-                ) = fb
+        n = self._sample("affinity", lambda: len(self.cpus()))
+        values["cpu_count"] = n
+        quota = values.get("cgroup_cpu_limit_cores")
+        if n is not None:
+            values["cpu_available_cores"] = float(n) if quota is None else min(float(n), quota)
+        share = self._sample("cpu_share", self.share.sample)
+        if share is not None:
+            values["other_cpu_cores"], values["own_cpu_cores"] = share
         return Readings(time=self.clock(), **values)
 
     def _locate(self) -> cgroup.CgroupPaths:

@@ -1,4 +1,5 @@
-"""`lcs controller --watch`: live readings and the level a policy would choose, no server."""
+"""`lcs controller`: live readings and the level a policy would choose for one idle model, no
+server."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import contextlib
 import json
 from pathlib import Path
 
-from controller.loop import Controller
-from controller.policy import POLICIES, LevelPoint, OperatorPolicy, Profile, get_policy
-from controller.readings import Readings
+from controller.loop import Controller, Plant
+from controller.policy import POLICIES, LevelPoint, OperatorPolicy, Profile
+from controller.readings import ModelFeedback, Readings
 from controller.sensors import SystemReader
 
 
@@ -29,7 +30,6 @@ def load_profile(path: str) -> Profile:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--watch", action="store_true", help="print readings every interval")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
     p.add_argument("--count", type=int, default=0, help="stop after N readings (0: until ^C)")
     p.add_argument("--policy", default="latency_headroom", choices=sorted(POLICIES))
@@ -44,6 +44,8 @@ def line(r: Readings, alpha: float, reason: str) -> str:
     mem = r.memory_available_fraction
     return (
         f"cpu {f(r.cpu_utilisation, '.0%'):>5} psi {f(r.cpu_pressure, '.0%'):>4} "
+        f"other {f(r.other_cpu_cores, '.2f'):>4} own {f(r.own_cpu_cores, '.2f'):>4} "
+        f"free {f(r.cpu_free_cores, '.2f'):>4} "
         f"load {f(r.load_average_1m, '.2f'):>5} mem free {f(mem, '.0%'):>4} "
         f"psi {f(r.memory_pressure, '.0%'):>4} battery {f(r.battery_percent, '.0f'):>4} "
         f"cpu limit {f(r.cgroup_cpu_limit_cores, '.2f'):>5} → α {alpha:.3f} ({reason})"
@@ -51,25 +53,30 @@ def line(r: Readings, alpha: float, reason: str) -> str:
 
 
 async def watch(args: argparse.Namespace) -> None:
+    """One synthetic plant whose level follows the controller at once."""
     profile = load_profile(args.profile) if args.profile else synthetic_profile()
     alpha = {"value": profile.alphas[-1]}
+    operator = OperatorPolicy(latency_target_s=args.latency_target_ms / 1e3)
 
     def moved(a: float, reason: str) -> None:
         alpha["value"] = a
 
-    ctl = Controller(
-        read=SystemReader().read,
-        policy=get_policy(args.policy),
-        profile=profile,
-        on_level=moved,
-        interval_s=args.interval,
+    ctl = Controller(read=SystemReader().read, policy=args.policy, interval_s=args.interval)
+    ctl.add(
+        Plant(
+            name="synthetic",
+            profile=profile,
+            current_alpha=lambda: alpha["value"],
+            operator=lambda: operator,
+            feedback=ModelFeedback,
+            on_level=moved,
+        )
     )
-    ctl.operator_policy = OperatorPolicy(latency_target_s=args.latency_target_ms / 1e3)
     n = 0
     while args.count == 0 or n < args.count:
-        d = ctl.step()
+        d = ctl.step()["synthetic"]
         assert ctl.latest_readings is not None
-        print(line(ctl.latest_readings, d.alpha, d.reason), flush=True)
+        print(line(ctl.latest_readings, alpha["value"], d.reason), flush=True)
         n += 1
         await asyncio.sleep(args.interval)
 

@@ -1,4 +1,4 @@
-"""create_app: the FastAPI application, whose lifespan loads the model and starts the controller."""
+"""create_app: the FastAPI application, whose lifespan starts the daemon (models, controller)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from models import checkpoint
-from server import wiring
+from server import daemon
+from server.errors import DeadlineExceeded, QueueFull, ServingError, TooMany
 from server.middleware import BodyLimit, RequestLog
+from server.preprocess import ImageError
 from server.routes import health, level, predict, v2
 from server.settings import Settings
 
@@ -28,12 +30,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt = await wiring.start(settings, app.state.metrics)
-        app.state.runtime = rt
+        d = await daemon.start(settings, app.state.metrics)
+        app.state.daemon = app.state.runtime = d  # runtime: the name main.py's drain reads
         try:
             yield
         finally:
-            await wiring.stop(rt)
+            await daemon.stop(d)
 
     app = FastAPI(
         title="lcs-serve",
@@ -45,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from server.metrics import Metrics
 
     app.state.metrics = Metrics()
-    app.state.runtime = None
+    app.state.daemon = app.state.runtime = None
     for router in (predict.router, level.router, health.router, v2.router):
         app.include_router(router)
     _add_error_handlers(app)
@@ -69,6 +71,21 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(e.detail)}, e.status_code, headers=e.headers)
 
+    rejected = app.state.metrics.rejected
+    reasons = {QueueFull: "queue_full", DeadlineExceeded: "deadline", TooMany: "too_many"}
+
+    @app.exception_handler(ServingError)
+    async def serving_error(_: Request, e: ServingError) -> JSONResponse:
+        if type(e) in reasons:
+            rejected.labels(reasons[type(e)]).inc()
+        headers = {"Retry-After": f"{e.retry_after:.0f}"} if e.retry_after else None
+        return JSONResponse({"error": e.message}, e.status, headers=headers)
+
+    @app.exception_handler(ImageError)
+    async def image_error(_: Request, e: ImageError) -> JSONResponse:
+        rejected.labels("bad_image").inc()
+        return JSONResponse({"error": str(e)}, e.status)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
         parts = []
@@ -89,7 +106,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": "internal error"}, 500)
 
 
-def check_checkpoint(settings: Settings) -> None:
-    """Load the checkpoint once before serving, so a bad file fails the start with one message."""
+def check_checkpoints(settings: Settings) -> None:
+    """Load every configured checkpoint once before serving, so a bad file (or model list)
+    fails the start with one message naming it."""
     torch.set_num_threads(1)
-    checkpoint.load(settings.checkpoint)
+    try:
+        sources = settings.model_sources()
+    except ValueError as e:
+        raise checkpoint.CheckpointError(str(e)) from None
+    for path in sources.values():
+        checkpoint.load(path)

@@ -5,20 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
 from models import Level
-
-
-class QueueFull(Exception):
-    """The bounded queue is full: the caller answers 429 with Retry-After."""
-
-
-class DeadlineExceeded(Exception):
-    """The request's deadline passed before its result was ready: 504."""
+from server.errors import DeadlineExceeded, QueueFull
 
 
 @dataclass
@@ -29,6 +22,7 @@ class Result:
     queue_s: float
     forward_s: float
     batch_size: int
+    decode_s: float = 0.0  # set by the inference service for images it decoded
 
 
 @dataclass
@@ -42,6 +36,17 @@ Forward = Callable[[torch.Tensor], tuple[torch.Tensor, Level, str]]  # (probs, l
 Observer = Callable[[int, float, str], None]  # (batch size, forward seconds, tier)
 
 
+def inference_executor(threads: int) -> ThreadPoolExecutor:
+    """The one thread every forward pass runs on, with torch's intra-op threads set on it:
+    two models never run at once and oversubscribe the cores."""
+    return ThreadPoolExecutor(
+        1,
+        thread_name_prefix="lcs-inference",
+        initializer=torch.set_num_threads,
+        initargs=(threads,),
+    )
+
+
 class Engine:
     """Requests wait in a bounded queue; whatever is waiting when the inference thread frees up
     (up to `max_batch`) runs as one batch at one Level."""
@@ -53,19 +58,13 @@ class Engine:
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
-        threads: int,
+        executor: Executor,
         on_batch: Observer | None = None,
     ) -> None:
         self._forward = forward
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(max_queue)
-        self._threads = threads
-        self._executor = ThreadPoolExecutor(
-            1,
-            thread_name_prefix="lcs-inference",
-            initializer=torch.set_num_threads,
-            initargs=(threads,),
-        )
+        self._executor = executor  # shared by every model: one forward pass at a time
         self._on_batch = on_batch
         self._task: asyncio.Task[None] | None = None
         self.in_flight = 0  # accepted requests not yet answered
@@ -81,24 +80,25 @@ class Engine:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._executor.shutdown(wait=True)
 
     async def run_sync(self, fn: Callable[[], object]) -> object:
         """Run `fn` on the inference thread (warm-up, profiling): never beside a forward pass."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def infer(self, x: torch.Tensor, timeout_s: float) -> Result:
+    async def infer(self, x: torch.Tensor, deadline: float) -> Result:
+        """x (C, H, W) through the queue; `deadline` is a time.monotonic() instant."""
         item = _Item(x, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            raise QueueFull from None
+            raise QueueFull(f"queue full ({self.max_queue} waiting); retry shortly") from None
         self.in_flight += 1
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+            left = deadline - time.monotonic()
+            return await asyncio.wait_for(asyncio.shield(item.future), max(left, 0.0))
         except TimeoutError:
             item.future.cancel()  # a batch not yet started skips it
-            raise DeadlineExceeded from None
+            raise DeadlineExceeded("no result within the request's deadline") from None
         finally:
             self.in_flight -= 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import signal
@@ -18,24 +19,33 @@ class ExporterDied(Exception):
     """The child process is gone (killed, out of memory); the next export starts a new one."""
 
 
-def _serve(conn: Connection, net: SubspaceNet) -> None:
-    """The child: answer (level, example) with ONNX bytes (or the exception) until EOF."""
+def _serve(conn: Connection) -> None:
+    """The child: answer ("export", key, net | None, level, example) with ONNX bytes (or the
+    exception), drop a network on ("forget", key), until EOF. A network is sent once per key
+    and kept here, so one child serves every model of the daemon."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the parent's to handle
     os.nice(10)  # the whole process yields the cores to serving
     torch.set_num_threads(1)
+    nets: dict[int, SubspaceNet] = {}
     while True:
         try:
-            level, example = conn.recv()
+            msg = conn.recv()
         except EOFError:  # the parent closed the pipe or died
             return
+        if msg[0] == "forget":
+            nets.pop(msg[1], None)
+            continue
+        _, key, net, level, example = msg
+        if net is not None:
+            nets[key] = net
         try:
-            conn.send(to_onnx(net, level, example))
+            conn.send(to_onnx(nets[key], level, example))
         except Exception as e:
             conn.send(e)
 
 
 class Exporter:
-    """Runs `to_onnx` in one long-lived child process, started on first use.
+    """Runs `to_onnx` in one long-lived child process shared by every model, started on first use.
 
     TorchScript tracing holds the GIL for most of its length. On a thread of the serving
     process at low priority, a starved tracer holding the GIL stalled requests behind it; in a
@@ -48,8 +58,11 @@ class Exporter:
     that enables tier 2 needs the `if __name__ == "__main__":` guard, as for any spawn child.
     """
 
-    def __init__(self, net: SubspaceNet, idle_s: float | None = None) -> None:
-        self._net, self.idle_s = net, idle_s
+    def __init__(self, idle_s: float | None = None) -> None:
+        self.idle_s = idle_s
+        self._keys: dict[int, int] = {}  # id(net) → key, for the networks served
+        self._next_key = itertools.count(1)
+        self._sent: set[int] = set()  # keys the running child holds
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
         self._proc: multiprocessing.process.BaseProcess | None = None
@@ -70,8 +83,10 @@ class Exporter:
             reference = net(x, level)
         with self._lock:
             conn = self._ensure()
+            key = self._keys.get(id(net)) or self._keys.setdefault(id(net), next(self._next_key))
             try:
-                conn.send((level.detached(), x))
+                conn.send(("export", key, None if key in self._sent else net, level.detached(), x))
+                self._sent.add(key)
                 out = conn.recv()
             except (EOFError, OSError) as e:
                 self._reset()
@@ -92,7 +107,7 @@ class Exporter:
             ctx = multiprocessing.get_context("spawn")
             parent, child = ctx.Pipe()
             self._proc = ctx.Process(
-                target=_serve, args=(child, self._net), name="lcs-tier2-export", daemon=True
+                target=_serve, args=(child,), name="lcs-tier2-export", daemon=True
             )
             self._proc.start()
             child.close()
@@ -127,6 +142,18 @@ class Exporter:
             self._proc.kill()
             self._proc.join(timeout=5)
         self._proc, self._conn = None, None
+        self._sent.clear()
+
+    def forget(self, net: SubspaceNet) -> None:
+        """A model was unloaded or replaced: the child drops its copy of `net`."""
+        with self._lock:
+            key = self._keys.pop(id(net), None)
+            if key in self._sent and self._conn is not None:
+                self._sent.discard(key)
+                try:
+                    self._conn.send(("forget", key))
+                except OSError:
+                    self._reset()
 
     def close(self) -> None:
         """Kill the child; an export in progress is abandoned (its caller sees ExporterDied)."""

@@ -14,8 +14,7 @@ from fastapi import FastAPI
 
 from models.checkpoint import CheckpointError
 from server import logs
-from server.app import check_checkpoint, create_app
-from server.runtime import wait_idle
+from server.app import check_checkpoints, create_app
 from server.settings import Settings, add_arguments, from_args
 
 __all__ = ["add_arguments", "run"]
@@ -48,7 +47,7 @@ class DrainingServer(uvicorn.Server):
         self._drain = asyncio.get_event_loop().create_task(self._finish(rt))
 
     async def _finish(self, rt) -> None:
-        await wait_idle(rt, self.settings.drain_timeout_s)
+        await rt.wait_idle(self.settings.drain_timeout_s)
         self.should_exit = True
 
 
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logs.configure(settings.log_level)
     try:
-        check_checkpoint(settings)
+        check_checkpoints(settings)
     except CheckpointError as e:
         print(f"lcs serve: {e}", file=sys.stderr)
         return 1

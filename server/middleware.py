@@ -89,15 +89,19 @@ class RequestLog:
             seconds = time.perf_counter() - start
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")  # bounded label cardinality
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.request_duration.labels(endpoint).observe(seconds)
+            state = scope.get("state", {})
+            model = state.get("model", "")  # set only once a route resolved a loaded model
+            self.metrics.requests.labels(endpoint, model, str(status)).inc()
+            self.metrics.request_duration.labels(endpoint, model).observe(seconds)
             extra: dict[str, Any] = {
                 "method": scope["method"],
                 "path": scope["path"],
                 "status": status,
                 "latency_ms": round(seconds * 1e3, 3),
             }
-            level = scope.get("state", {}).get("level")
+            if model:
+                extra["model"] = model
+            level = state.get("level")
             if level is not None:
                 extra["alpha"], extra["gamma"] = level.alpha, level.gamma
             log.info("request", extra=extra)

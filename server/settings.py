@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a model name: safe in paths and URLs
+DEFAULT_MODEL_NAME = "digits"
 
 
 class Settings(BaseSettings):
@@ -14,8 +19,18 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    checkpoint: Path | None = None  # None: the bundled default model
-    model_name: str | None = None  # OIP v2 model name; default: the architecture
+    # Models: NAME=PATH pairs (LCS_MODEL="a=x.safetensors,b=y.safetensors") and/or a model
+    # repository whose every *.safetensors file is a model named by its stem. With neither,
+    # the bundled default model is served as "digits". `checkpoint` serves one file under
+    # `model_name` (default: "digits"), as before several models existed.
+    model: Annotated[list[str], NoDecode] = []
+    model_repository: Path | None = None
+    default_model: str | None = None  # what /predict and /level address; default: the first
+    checkpoint: Path | None = None
+    model_name: str | None = None
+    # Refuse a load that would take resident memory past this; default: 80 % of the cgroup
+    # memory limit when there is one, else unbounded.
+    memory_budget_mb: float | None = Field(None, gt=0)
     operator_token: SecretStr | None = None  # bearer token for PUT /level
     log_level: str = "info"
 
@@ -58,12 +73,47 @@ class Settings(BaseSettings):
         1e-3, gt=0
     )  # max |Δlogits| vs tier 1, relative to max(1, |logits|)
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return [p for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    def model_sources(self) -> dict[str, Path | None]:
+        """name → checkpoint (None: the bundled default), in order; the repository's files
+        after the named ones. Raises ValueError for a bad name, pair or duplicate."""
+        out: dict[str, Path | None] = {}
+
+        def add(name: str, path: Path | None) -> None:
+            if not NAME.match(name):
+                raise ValueError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
+            if name in out:
+                raise ValueError(f"model {name!r} is given twice")
+            out[name] = path
+
+        for pair in self.model:
+            name, sep, path = pair.strip().partition("=")
+            if not sep or not path:
+                raise ValueError(f"--model {pair!r}: expected NAME=PATH")
+            add(name, Path(path))
+        if self.checkpoint is not None or not (self.model or self.model_repository):
+            add(self.model_name or DEFAULT_MODEL_NAME, self.checkpoint)
+        if self.model_repository is not None:
+            if not self.model_repository.is_dir():
+                raise ValueError(f"model repository {self.model_repository} is not a directory")
+            for f in sorted(self.model_repository.glob("*.safetensors")):
+                if f.stem not in out:
+                    add(f.stem, f)
+        return out
+
 
 # Options the command line may override; every one also reads LCS_<NAME> from the environment.
 CLI_OPTIONS = {
     "host": str,
     "port": int,
     "checkpoint": str,
+    "model_repository": str,
+    "default_model": str,
+    "memory_budget_mb": float,
     "log_level": str,
     "torch_threads": int,
     "max_batch_size": int,
@@ -78,12 +128,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, typ in CLI_OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         p.add_argument(flag, type=typ, default=None, help=f"(env LCS_{name.upper()})")
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=PATH",
+        help="serve a model (repeatable; env LCS_MODEL)",
+    )
     p.add_argument("--no-controller", action="store_true", help="(env LCS_CONTROLLER_ENABLED=0)")
     p.add_argument("--no-tier2", action="store_true", help="(env LCS_TIER2_ENABLED=0)")
 
 
 def from_args(args: argparse.Namespace) -> Settings:
     overrides = {k: getattr(args, k) for k in CLI_OPTIONS if getattr(args, k, None) is not None}
+    if getattr(args, "model", None):
+        overrides["model"] = args.model
     if getattr(args, "no_controller", False):
         overrides["controller_enabled"] = False
     if getattr(args, "no_tier2", False):

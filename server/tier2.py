@@ -166,7 +166,7 @@ class Tier2:
         settle_s: float,
         budget_bytes: int,
         tolerance: float,
-        exporter_idle_s: float | None = None,
+        exporter: Exporter,
         spin: bool = False,
     ) -> None:
         self.net, self.input_size, self.threads, self.metrics = net, input_size, threads, metrics
@@ -177,7 +177,7 @@ class Tier2:
         # Export (tracing, the heavy part) runs in a child process at nice 10; this thread only
         # waits for it. The session opens on a thread of normal priority, since ORT's pool
         # threads inherit the nice value of their creator.
-        self.exporter = Exporter(net, exporter_idle_s)
+        self.exporter = exporter  # shared by every model's tier 2
         self._export_pool = ThreadPoolExecutor(1, thread_name_prefix="lcs-tier2-export")
         self._session_pool = ThreadPoolExecutor(1, thread_name_prefix="lcs-tier2-session")
         self._tasks: set[asyncio.Task[None]] = set()
@@ -344,5 +344,6 @@ class Tier2:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.active = None
         self._export_pool.shutdown(wait=False, cancel_futures=True)
-        self.exporter.close()
+        # Waits for an export in progress (another model's, perhaps): off the request path.
+        await asyncio.to_thread(self.exporter.forget, self.net)
         self._session_pool.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,4 @@
-"""Route dependencies: the typed runtime, readiness, operator auth."""
+"""Route dependencies: the typed daemon, readiness, operator auth."""
 
 from __future__ import annotations
 
@@ -8,54 +8,65 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from server.runtime import Runtime
+from server.daemon import Daemon
 
 
-def runtime(request: Request) -> Runtime:
-    rt = request.app.state.runtime
-    if rt is None:
+def daemon(request: Request) -> Daemon:
+    d = request.app.state.daemon
+    if d is None:
         raise HTTPException(503, "not ready: starting", headers={"Retry-After": "1"})
-    return rt
+    return d
 
 
-RuntimeDep = Annotated[Runtime, Depends(runtime)]
+DaemonDep = Annotated[Daemon, Depends(daemon)]
 
 
-def ready_runtime(rt: RuntimeDep) -> Runtime:
-    if rt.draining:
+def ready_daemon(d: DaemonDep) -> Daemon:
+    if d.draining:
         raise HTTPException(503, "not ready: draining for shutdown", headers={"Retry-After": "1"})
-    if not rt.ready:
-        raise HTTPException(503, f"not ready: {rt.not_ready_reason}", headers={"Retry-After": "1"})
-    return rt
+    if not d.ready:
+        raise HTTPException(503, f"not ready: {d.not_ready_reason}", headers={"Retry-After": "1"})
+    return d
 
 
-ReadyDep = Annotated[Runtime, Depends(ready_runtime)]
+ReadyDep = Annotated[Daemon, Depends(ready_daemon)]
 
 
-def operator(request: Request, rt: RuntimeDep) -> str:
-    """Who is allowed to change the level: a matching bearer token (compared in constant time),
-    or, when no token is configured, a client on loopback. Returns a label for the log."""
-    token = rt.settings.operator_token
-    client = request.client.host if request.client else "unknown"
-    header = request.headers.get("authorization", "")
-    if token is None:
-        if _loopback(client):
-            return f"loopback:{client}"
+def operator(request: Request, d: DaemonDep) -> str:
+    """Who may change levels and models: a matching bearer token (compared in constant time),
+    or, when no token is configured, a client on loopback. Returns who, for the audit log:
+    the authenticated identity and the socket's peer, nothing a client writes itself."""
+    who = identify(request, d)
+    if who is not None:
+        return who
+    if d.settings.operator_token is None:
         raise HTTPException(
             403,
-            "no operator token is configured: level changes are accepted "
+            "no operator token is configured: operator actions are accepted "
             "from loopback clients only (set LCS_OPERATOR_TOKEN)",
         )
-    scheme, _, given = header.partition(" ")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise HTTPException(
             401,
             "operator token required: Authorization: Bearer <token>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
-        raise HTTPException(403, "operator token rejected")
-    return f"token:{client}"
+    raise HTTPException(403, "operator token rejected")
+
+
+def identify(request: Request, d: Daemon) -> str | None:
+    """The operator's identity if the request carries it, else None (never raises)."""
+    token = d.settings.operator_token
+    client = request.client.host if request.client else "unknown"
+    if token is None:
+        return f"loopback:{client}" if _loopback(client) else None
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and secrets.compare_digest(
+        given.encode(), token.get_secret_value().encode()
+    ):
+        return f"token:{client}"
+    return None
 
 
 def _loopback(host: str) -> bool:

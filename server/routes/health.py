@@ -11,26 +11,30 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
-    """Alive: the process answers (the model may still be loading)."""
+    """Alive: the process answers (the models may still be loading)."""
     return {"status": "alive"}
 
 
 @router.get("/readyz", responses={503: {"description": "not ready, with the reason"}})
 async def readyz(request: Request) -> JSONResponse:
-    """Ready: model loaded, warmed and profiled, and not draining for shutdown."""
-    rt = request.app.state.runtime
-    if rt is None:
+    """Ready: every configured model loaded, warmed and profiled, and not draining."""
+    d = request.app.state.daemon
+    if d is None:
         return JSONResponse({"ready": False, "reason": "starting"}, 503)
-    if rt.draining or not rt.ready:
-        reason = "draining for shutdown" if rt.draining else rt.not_ready_reason
+    if d.draining or not d.ready:
+        reason = "draining for shutdown" if d.draining else d.not_ready_reason
         return JSONResponse({"ready": False, "reason": reason}, 503)
-    return JSONResponse({"ready": True, "level": rt.slot.current.describe()})
+    models = {name: m.level.current.describe() for name, m in d.registry.models.items()}
+    default = models.get(d.registry.default or "")
+    return JSONResponse({"ready": True, "level": default, "models": models})
 
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     m = request.app.state.metrics
-    rt = request.app.state.runtime
-    if rt is not None:
-        m.queue_depth.set(rt.engine.depth)
+    d = request.app.state.daemon
+    if d is not None:
+        for model in d.registry.models.values():
+            model.metrics.queue_depth.set(model.engine.depth)
+            model.metrics.resident.set(model.resident_bytes)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

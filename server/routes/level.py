@@ -1,19 +1,23 @@
-"""GET /level (what runs and why) and PUT /level (operator policy, token required)."""
+"""GET /level (what runs and why) and PUT /level (operator policy, token required), per model."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field, model_validator
 
-from server import control
-from server.routes.deps import OperatorDep, RuntimeDep
-from server.runtime import OperatorPolicy, Runtime
+from controller.policy import OperatorPolicy
+from server.levels import Audit
+from server.routes.deps import DaemonDep, OperatorDep, identify
+from server.served import ServedModel
 
 router = APIRouter(tags=["level"])
 log = logging.getLogger("lcs.server")
+ModelName = Annotated[str, PathParam(examples=["digits"], max_length=64)]
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {s: {} for s in (400, 401, 403, 404, 422)}
 
 
 class LevelPolicy(BaseModel):
@@ -38,22 +42,45 @@ class LevelPolicy(BaseModel):
         return self
 
 
-@router.get("/level")
-async def get_level(rt: RuntimeDep) -> dict[str, Any]:
-    return describe(rt)
+@router.get("/level", responses={404: {}})
+async def get_level(request: Request, d: DaemonDep) -> dict[str, Any]:
+    """The default model's level, policy, profile and the models served."""
+    return describe(d.registry.get(None), identify(request, d) is not None)
 
 
-@router.put("/level", responses={400: {}, 401: {}, 403: {}, 422: {}})
-async def put_level(body: LevelPolicy, rt: RuntimeDep, who: OperatorDep) -> dict[str, Any]:
-    policy = to_operator_policy(rt, body, who)
-    log.info("operator policy", extra={"who": who, "why": body.reason, **policy.describe()})
-    await control.apply_policy(rt, policy)
-    return describe(rt)
+@router.get("/models/{name}/level", responses={404: {}})
+async def get_model_level(request: Request, d: DaemonDep, name: ModelName) -> dict[str, Any]:
+    return describe(d.registry.get(name), identify(request, d) is not None)
 
 
-def to_operator_policy(rt: Runtime, body: LevelPolicy, who: str) -> OperatorPolicy:
+@router.put("/level", responses=WRITE_ERRORS)
+async def put_level(body: LevelPolicy, d: DaemonDep, who: OperatorDep) -> dict[str, Any]:
+    return await _put(d, None, body, who)
+
+
+@router.put("/models/{name}/level", responses=WRITE_ERRORS)
+async def put_model_level(
+    body: LevelPolicy, d: DaemonDep, name: ModelName, who: OperatorDep
+) -> dict[str, Any]:
+    return await _put(d, name, body, who)
+
+
+async def _put(d: DaemonDep, name: str | None, body: LevelPolicy, who: str) -> dict[str, Any]:
+    model = d.registry.get(name)
+    policy = to_operator_policy(model, body, d.settings.latency_target_ms / 1e3)
+    log.info(
+        "operator policy",
+        extra={"model": model.name, "who": who, "why": body.reason, **_fields(policy)},
+    )
+    await model.level.set_policy(policy, Audit(who, body.reason))
+    if d.controller is not None:
+        d.controller.wake()
+    return describe(model, operator=True)
+
+
+def to_operator_policy(model: ServedModel, body: LevelPolicy, target_s: float) -> OperatorPolicy:
     """γ and α bounds both become α bounds (α is "higher = more accurate" in every family)."""
-    calc = rt.slot.calc
+    calc = model.level.calc
 
     def alpha_of(gamma: float | None, name: str) -> float | None:
         if gamma is None:
@@ -74,11 +101,13 @@ def to_operator_policy(rt: Runtime, body: LevelPolicy, who: str) -> OperatorPoli
             )
         return a
 
+    if body.latency_target_ms is not None:
+        target_s = body.latency_target_ms / 1e3
     if body.mode == "fixed":
         alpha = check_alpha(body.alpha, "alpha")
         if alpha is None:
             alpha = alpha_of(body.gamma, "gamma")
-        return OperatorPolicy("fixed", alpha=alpha, set_by=who, reason=body.reason)
+        return OperatorPolicy("fixed", alpha=calc.clamp(alpha), latency_target_s=target_s)  # type: ignore[arg-type]
     lo = check_alpha(body.min_alpha, "min_alpha")
     hi = check_alpha(body.max_alpha, "max_alpha")
     g_lo, g_hi = alpha_of(body.min_gamma, "min_gamma"), alpha_of(body.max_gamma, "max_gamma")
@@ -88,19 +117,30 @@ def to_operator_policy(rt: Runtime, body: LevelPolicy, who: str) -> OperatorPoli
     hi = g_hi if g_hi is not None else hi
     if lo is not None and hi is not None and lo > hi:
         raise HTTPException(422, "the lower bound is above the upper bound")
-    target = None if body.latency_target_ms is None else body.latency_target_ms / 1e3
-    return OperatorPolicy(
-        "auto", min_alpha=lo, max_alpha=hi, latency_target_s=target, set_by=who, reason=body.reason
+    return OperatorPolicy("auto", min_alpha=lo, max_alpha=hi, latency_target_s=target_s)
+
+
+def describe(model: ServedModel, operator: bool = False) -> dict[str, Any]:
+    """What runs and why. Who set the policy is shown in full to an operator only; anyone
+    else sees how (token or loopback), not from where."""
+    level, change, calc, policy = (
+        model.level.current,
+        model.level.last_change,
+        model.level.calc,
+        model.level.policy,
     )
-
-
-def describe(rt: Runtime) -> dict[str, Any]:
-    level, change, calc = rt.slot.current, rt.slot.last_change, rt.slot.calc
+    audit = model.level.audit
+    tier2 = model.tier2
     return {
+        "model": model.identity(),
         **level.describe(),
-        "tier": rt.tier(),
-        "tier2": None if rt.tier2 is None else rt.tier2.describe(),
-        "policy": rt.policy.describe(),
+        "tier": model.service.tier(),
+        "tier2": None if tier2 is None else tier2.describe(),
+        "policy": {
+            **_fields(policy),
+            "set_by": audit.who if operator else audit.who.split(":")[0],
+            **({"reason": audit.why} if operator and audit.why else {}),
+        },
         "last_change": {
             "alpha": change.alpha,
             "gamma": change.gamma,
@@ -108,18 +148,22 @@ def describe(rt: Runtime) -> dict[str, Any]:
             "at": change.at,
         },
         "range": {"alpha": [calc.alpha_min, calc.alpha_max], "gamma": list(calc.gamma_range)},
-        "latency_target_ms": 1e3 * control.latency_target_s(rt),
+        "latency_target_ms": 1e3 * policy.latency_target_s,
         "profile": [
             {
                 "alpha": p.alpha,
                 "gamma": p.gamma,
-                "latency_ms": 1e3 * p.latency_s,  # tier 1, measured at start-up
-                "tier2_latency_ms": _ms(rt.tier2.latency(p.alpha) if rt.tier2 else None),
+                "latency_ms": 1e3 * p.latency_s,  # tier 1, measured at load
+                "tier2_latency_ms": _ms(tier2.latency(p.alpha) if tier2 else None),
                 "accuracy": p.accuracy,
             }
-            for p in rt.profile
+            for p in model.profile
         ],
     }
+
+
+def _fields(policy: OperatorPolicy) -> dict[str, Any]:
+    return {k: v for k, v in policy.__dict__.items() if v is not None}
 
 
 def _ms(seconds: float | None) -> float | None:

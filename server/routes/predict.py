@@ -8,13 +8,15 @@ from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from server.engine import DeadlineExceeded, QueueFull, Result
+from server.errors import ServingError
+from server.inference import Hints, Result
 from server.preprocess import ImageError
 from server.routes.deps import ReadyDep
-from server.runtime import Runtime
+from server.served import ServedModel
 
 router = APIRouter(tags=["inference"])
 
@@ -50,6 +52,14 @@ BATCH_BODY = {
     }
 }
 TopK = Annotated[int, Query(ge=1, le=1000, description="how many classes to return")]
+MinAccuracy = Annotated[
+    float | None, Query(ge=0, le=1, description="serve at a level at least this accurate")
+]
+MaxLatency = Annotated[
+    float | None, Query(gt=0, le=600_000, description="serve at a level predicted this fast")
+]
+ModelName = Annotated[str, PathParam(examples=["digits"], max_length=64)]
+ERRORS: dict[int | str, dict[str, Any]] = {s: {} for s in (400, 404, 413, 415, 422, 429, 503, 504)}
 
 
 class Prediction(BaseModel):
@@ -66,10 +76,17 @@ class LevelInfo(BaseModel):
     tier: str  # what ran the forward pass: "torch" (tier 1) or "onnx" (tier 2)
 
 
+class ModelInfo(BaseModel):
+    name: str
+    version: str  # 1, 2, … per name: which load of the model answered
+    checksum: str
+    arch: str
+
+
 class PredictResponse(BaseModel):
     predictions: list[Prediction]
     level: LevelInfo
-    model: dict[str, str]
+    model: ModelInfo
     latency_ms: float
     timing_ms: dict[str, float]
 
@@ -86,43 +103,103 @@ class BatchResponse(BaseModel):
     results: list[BatchItem]
 
 
+@router.post("/predict", response_model=PredictResponse, openapi_extra=IMAGE_BODY, responses=ERRORS)
+async def predict(
+    request: Request,
+    d: ReadyDep,
+    top_k: TopK = 5,
+    min_accuracy: MinAccuracy = None,
+    max_latency_ms: MaxLatency = None,
+) -> PredictResponse:
+    """One image, the default model."""
+    return await _predict(request, d, None, top_k, Hints(min_accuracy, max_latency_ms))
+
+
 @router.post(
-    "/predict",
+    "/models/{name}/predict",
     response_model=PredictResponse,
     openapi_extra=IMAGE_BODY,
-    responses={400: {}, 413: {}, 415: {}, 422: {}, 429: {}, 503: {}, 504: {}},
+    responses=ERRORS,
 )
-async def predict(request: Request, rt: ReadyDep, top_k: TopK = 5) -> PredictResponse:
-    start = time.perf_counter()
-    data = await read_one_image(request)
-    x, decode_s = await decode(rt, data)
-    result = await infer(rt, x)
-    request.state.level = result.level
-    return respond(rt, result, top_k, start, decode_s)
+async def predict_model(
+    request: Request,
+    d: ReadyDep,
+    name: ModelName,
+    top_k: TopK = 5,
+    min_accuracy: MinAccuracy = None,
+    max_latency_ms: MaxLatency = None,
+) -> PredictResponse:
+    """One image, the model `name`."""
+    return await _predict(request, d, name, top_k, Hints(min_accuracy, max_latency_ms))
 
 
 @router.post(
-    "/predict/batch",
+    "/predict/batch", response_model=BatchResponse, openapi_extra=BATCH_BODY, responses=ERRORS
+)
+async def predict_batch(
+    request: Request,
+    d: ReadyDep,
+    top_k: TopK = 5,
+    min_accuracy: MinAccuracy = None,
+    max_latency_ms: MaxLatency = None,
+) -> BatchResponse:
+    """Several images, the default model: one result or error each."""
+    return await _batch(request, d, None, top_k, Hints(min_accuracy, max_latency_ms))
+
+
+@router.post(
+    "/models/{name}/predict/batch",
     response_model=BatchResponse,
     openapi_extra=BATCH_BODY,
-    responses={413: {}, 415: {}, 422: {}, 503: {}},
+    responses=ERRORS,
 )
-async def predict_batch(request: Request, rt: ReadyDep, top_k: TopK = 5) -> BatchResponse:
-    start = time.perf_counter()
-    uploads = await read_uploads(request, rt.settings.max_batch_images)
+async def predict_batch_model(
+    request: Request,
+    d: ReadyDep,
+    name: ModelName,
+    top_k: TopK = 5,
+    min_accuracy: MinAccuracy = None,
+    max_latency_ms: MaxLatency = None,
+) -> BatchResponse:
+    """Several images, the model `name`: one result or error each."""
+    return await _batch(request, d, name, top_k, Hints(min_accuracy, max_latency_ms))
 
-    async def one(i: int, up: UploadFile) -> BatchItem:
+
+async def _predict(
+    request: Request, d: ReadyDep, name: str | None, top_k: int, hints: Hints
+) -> PredictResponse:
+    received, deadline = time.perf_counter(), d.deadline()
+    d.registry.get(name)  # 404 before reading a body for a model that does not exist
+    data = await read_one_image(request)
+    # Resolved again after the read, and entered at once: a replacement that happened
+    # meanwhile serves this request with the new version.
+    model = d.registry.get(name)
+    request.state.model = model.name
+    (result,) = await model.service.predict_images([data], hints, deadline, received)
+    request.state.level = result.level
+    return respond(model, result, top_k, received)
+
+
+async def _batch(
+    request: Request, d: ReadyDep, name: str | None, top_k: int, hints: Hints
+) -> BatchResponse:
+    received, deadline = time.perf_counter(), d.deadline()
+    d.registry.get(name)
+    uploads = await read_uploads(request, d.settings.max_batch_images)
+    datas = [await up.read() for up in uploads]
+    model = d.registry.get(name)
+    request.state.model = model.name
+
+    async def one(i: int, data: bytes) -> BatchItem:
+        filename = uploads[i].filename
         try:
-            x, decode_s = await decode(rt, await up.read())
-            res = respond(rt, await infer(rt, x), top_k, start, decode_s)
-            return BatchItem(index=i, filename=up.filename, result=res)
-        except HTTPException as e:
-            return BatchItem(
-                index=i, filename=up.filename, error=str(e.detail), status=e.status_code
-            )
+            (r,) = await model.service.predict_images([data], hints, deadline, received)
+        except (ServingError, ImageError) as e:
+            return BatchItem(index=i, filename=filename, error=str(e), status=e.status)
+        return BatchItem(index=i, filename=filename, result=respond(model, r, top_k, received))
 
     return BatchResponse(
-        results=list(await asyncio.gather(*(one(i, u) for i, u in enumerate(uploads))))
+        results=list(await asyncio.gather(*(one(i, x) for i, x in enumerate(datas))))
     )
 
 
@@ -165,51 +242,20 @@ async def _form(request: Request, max_files: int) -> Any:
         raise HTTPException(400, f"malformed multipart body: {e.message}") from None
 
 
-async def decode(rt: Runtime, data: bytes) -> tuple[torch.Tensor, float]:
-    """Decode on the decode pool: never CPU work on the event loop."""
-    t0 = time.perf_counter()
-    try:
-        x = await asyncio.get_running_loop().run_in_executor(rt.decode_pool, rt.preprocess, data)
-    except ImageError as e:
-        rt.metrics.rejected.labels("bad_image").inc()
-        raise HTTPException(e.status, str(e)) from None
-    return x, time.perf_counter() - t0
-
-
-async def infer(rt: Runtime, x: torch.Tensor) -> Result:
-    if rt.draining:
-        raise HTTPException(503, "not ready: draining for shutdown", headers={"Retry-After": "1"})
-    try:
-        result = await rt.engine.infer(x, rt.settings.request_timeout_s)
-    except QueueFull:
-        rt.metrics.rejected.labels("queue_full").inc()
-        raise HTTPException(
-            429,
-            f"queue full ({rt.settings.max_queue} waiting); retry shortly",
-            headers={"Retry-After": "1"},
-        ) from None
-    except DeadlineExceeded:
-        rt.metrics.rejected.labels("deadline").inc()
-        raise HTTPException(504, f"no result within {rt.settings.request_timeout_s} s") from None
-    rt.metrics.queue_wait.observe(result.queue_s)
-    return result
-
-
-def respond(rt: Runtime, r: Result, top_k: int, start: float, decode_s: float) -> PredictResponse:
+def respond(model: ServedModel, r: Result, top_k: int, received: float) -> PredictResponse:
     probs, idx = torch.topk(r.probabilities, min(top_k, r.probabilities.numel()))
-    names = rt.slot.meta.class_names
-    seconds = time.perf_counter() - start
-    rt.record_latency(seconds)
+    names = model.meta.class_names
+    seconds = time.perf_counter() - received
     return PredictResponse(
         predictions=[
             Prediction(label=names[i], index=i, probability=p)
             for p, i in zip(probs.tolist(), idx.tolist(), strict=True)
         ],
         level=LevelInfo(**r.level.describe(), tier=r.tier),
-        model={"name": rt.model_name, "arch": rt.slot.meta.arch, "checksum": rt.slot.checksum[:16]},
+        model=ModelInfo(**model.identity()),
         latency_ms=1e3 * seconds,
         timing_ms={
-            "decode": 1e3 * decode_s,
+            "decode": 1e3 * r.decode_s,
             "queue": 1e3 * r.queue_s,
             "forward": 1e3 * r.forward_s,
             "batch_size": float(r.batch_size),

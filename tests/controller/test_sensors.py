@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
 
 from controller import cgroup
+from controller.readings import Readings
 from controller.sensors import SystemReader, psi_some_avg10
 
 PSI = (
@@ -16,6 +18,7 @@ PSI = (
     "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
 )
 Mem = namedtuple("Mem", "available total")
+Times = namedtuple("Times", "user system children_user children_system")
 Battery = namedtuple("Battery", "percent secsleft power_plugged")
 
 
@@ -71,6 +74,36 @@ class FakePsutil:
     def sensors_battery(self):
         return self._battery
 
+    def Process(self, pid):  # psutil spells it so
+        return FakeProcess(pid, [0.0])
+
+
+class FakeProcess:
+    """A process whose CPU seconds so far are `times[i]` at its i-th reading."""
+
+    def __init__(self, pid, times, children=()):
+        self.pid, self.times, self.kids = pid, list(times), list(children)
+
+    def cpu_times(self):
+        if not self.times:
+            raise ProcessLookupError(self.pid)  # psutil.NoSuchProcess: it exited
+        t = self.times.pop(0) if len(self.times) > 1 else self.times[0]
+        return Times(t * 0.75, t * 0.25, 99.0, 99.0)  # reaped children's time is not read
+
+    def children(self, recursive=False):
+        return self.kids
+
+
+def stat(busy: dict[int, int], idle: int = 1000) -> str:
+    """A /proc/stat with CPUs 0–2: `busy` ticks split over user/system/irq/steal."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    for cpu in range(3):
+        b = busy.get(cpu, 0)
+        lines.append(
+            f"cpu{cpu} {b // 2} 0 {b // 4} {idle} 7 {b // 8} 0 {b - b // 2 - b // 4 - b // 8} 0 0"
+        )
+    return "\n".join([*lines, "intr 1 2 3", "ctxt 5"]) + "\n"
+
 
 def test_cgroup_v2(v2):
     proc, cg = v2
@@ -112,7 +145,6 @@ def test_reader_on_fixtures_discards_first_cpu_sample(v2):
         proc_root=str(proc),
         cgroup_root=str(cg),
         ps=FakePsutil(),
-        feedback=lambda: (0.001, 0.002, 0.003, 4),
         clock=lambda: 7.0,
     )
     r = reader.read()
@@ -121,7 +153,7 @@ def test_reader_on_fixtures_discards_first_cpu_sample(v2):
     assert r.cpu_utilisation == pytest.approx(0.5 + 0.3 * (1.0 - 0.5))  # EMA
     assert r.cpu_pressure == pytest.approx(0.425) and r.memory_pressure == pytest.approx(0.03)
     assert r.cgroup_cpu_limit_cores == 1.5 and r.memory_available_fraction == pytest.approx(0.5)
-    assert (r.latency_p95_s, r.queue_depth, r.time) == (0.002, 4, 7.0)
+    assert r.time == 7.0
     assert r.battery_percent is None and not r.on_battery  # no battery: mains
 
 
@@ -158,3 +190,129 @@ def test_real_machine_smoke():
     r = SystemReader().read()
     assert r.memory_total_bytes and r.memory_total_bytes > 0
     assert cgroup.cpu_quota_cores() >= 1
+
+
+def test_lcs_controller_prints_one_line_per_reading(capsys):
+    import argparse
+
+    from controller.watch import add_arguments, main
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert main(p.parse_args(["--count", "2", "--interval", "0.01"])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("→ α 1.000" in ln for ln in lines)  # idle: the top level
+    with pytest.raises(SystemExit):
+        p.parse_args(["--watch"])  # removed: it was never read
+
+
+def test_cpu_share_separates_the_daemon_from_other_work(tmp_path):
+    from controller.cpushare import CpuShare
+
+    proc = tmp_path / "proc"
+    write(proc, "stat", stat({0: 100, 1: 200, 2: 50}))
+    clock = {"t": 0.0}
+    child = FakeProcess(11, [0.5, 0.7, 0.7])
+    me = FakeProcess(10, [1.0, 1.3, 1.8], children=[child])
+    ps = FakePsutil()
+    ps.Process = lambda pid: me
+    share = CpuShare(
+        proc_root=str(proc), ps=ps, pid=10, cpus=lambda: {0, 1}, clock=lambda: clock["t"],
+        tau_s=0.5, clk_tck=100,
+    )  # fmt: skip
+    assert share.sample() == (None, None)  # a baseline only
+    # 1 s later: CPUs 0 and 1 busy 60 + 80 ticks (CPU 2 is not ours: ignored); the daemon
+    # took 0.3 s and its child 0.2 s → own 0.5 core, other 1.4 − 0.5 = 0.9 core.
+    write(proc, "stat", stat({0: 160, 1: 280, 2: 450}, idle=1100))
+    clock["t"] = 1.0
+    other, own = share.sample()
+    assert (other, own) == pytest.approx((0.9, 0.5))
+    clock["t"] = 1.05  # too close for tick resolution: no new sample, same values
+    assert share.sample() == pytest.approx((0.9, 0.5))
+    # 1 s more: busy +150 ticks, the daemon +0.5 s, the child gone → raw other 1.0, own 0.5;
+    # smoothed with weight 1 − e^(−1 / 0.5)
+    child.times.clear()
+    write(proc, "stat", stat({0: 260, 1: 330, 2: 450}, idle=1200))
+    clock["t"] = 2.0
+    w = 1 - math.exp(-2.0)
+    other, own = share.sample()
+    assert other == pytest.approx(0.9 + w * (1.0 - 0.9)) and own == pytest.approx(0.5)
+
+
+def test_reader_reports_the_cpu_the_daemon_may_use(v2):
+    proc, cg = v2
+    write(proc, "stat", stat({0: 100, 1: 100}))
+    clock = {"t": 0.0}
+    reader = SystemReader(
+        proc_root=str(proc), cgroup_root=str(cg), ps=FakePsutil(), cpus=lambda: {0, 1},
+        clock=lambda: clock["t"],
+    )  # fmt: skip
+    write(proc, "stat", stat({0: 150, 1: 200}))
+    clock["t"] = 0.5  # 150 ticks in 0.5 s at 100 Hz: 3 cores, capped by nothing
+    r = reader.read()
+    assert r.cpu_count == 2 and r.cpu_available_cores == 1.5  # the cgroup quota wins
+    assert r.own_cpu_cores == 0.0 and r.other_cpu_cores == pytest.approx(150 / 100 / 0.5)
+    assert r.cpu_free_cores == 0.0  # 2 CPUs − 3 cores of others: nothing left
+    free = Readings(time=0, cpu_count=4, cpu_available_cores=1.5, other_cpu_cores=1.0)
+    assert free.cpu_free_cores == 1.5  # 3 free on the CPUs, but the quota is 1.5
+    assert Readings(time=0).cpu_free_cores is None
+
+
+@pytest.mark.parametrize(("my_nice", "expected"), [(0, 0.5), (10, 1.5)])
+def test_niced_work_yields_to_the_daemon_unless_it_is_niced_too(tmp_path, my_nice, expected):
+    from controller.cpushare import CpuShare
+
+    def stat_line(user, nice):
+        return f"cpu0 {user} {nice} 0 1000 0 0 0 0 0 0\n"
+
+    proc = tmp_path / "proc"
+    write(proc, "stat", stat_line(0, 0))
+    clock = {"t": 0.0}
+    me = FakeProcess(10, [0.0])
+    me.nice = lambda: my_nice
+    ps = FakePsutil()
+    ps.Process = lambda pid: me
+    share = CpuShare(
+        proc_root=str(proc), ps=ps, pid=10, cpus=lambda: {0}, clock=lambda: clock["t"],
+        clk_tck=100,
+    )  # fmt: skip
+    share.sample()
+    write(proc, "stat", stat_line(50, 100))  # in 1 s: 0.5 core at nice 0, 1 core niced
+    clock["t"] = 1.0
+    assert share.sample()[0] == pytest.approx(expected)
+
+
+def test_the_daemons_children_count_as_its_own_cpu_on_this_kernel():
+    """A real child burner (the tier-2 export worker's shape) is the daemon's own work."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from controller.cpushare import CpuShare
+
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 5: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        c = psutil.Process(child.pid)
+        stamps: list[float] = []
+
+        def clock() -> float:
+            stamps.append(time.monotonic())
+            return stamps[-1]
+
+        share = CpuShare(ps=psutil, pid=os.getpid(), clock=clock, tau_s=1e-9)  # no smoothing
+        share.sample()  # lists the child
+        before = sum(c.cpu_times()[:2])  # inside the sampled interval
+        time.sleep(0.5)
+        after = sum(c.cpu_times()[:2])
+        other, own = share.sample()
+        assert own is not None and other is not None
+        assert after - before > 0.03, "the child got no CPU at all"
+        own_s = own * (stamps[-1] - stamps[0])  # CPU seconds the sample gave the tree
+        assert own_s >= after - before - 0.02  # one tick of /proc resolution either side
+    finally:
+        child.kill()
+        child.wait()

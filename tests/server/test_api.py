@@ -183,7 +183,7 @@ def test_oip_v2(client):
     assert client.get("/v2").json()["name"] == "lcs-serve"
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").status_code == 200
-    meta = client.get("/v2/models/small_cnn").json()
+    meta = client.get("/v2/models/digits").json()
     assert meta["inputs"][0]["shape"] == [-1, 1, 28, 28]
     assert client.get("/v2/models/nope").status_code == 404
     set_level(client, mode="fixed", gamma=1.0)
@@ -203,7 +203,7 @@ def test_oip_v2(client):
             }
         ]
     }
-    r = client.post("/v2/models/small_cnn/infer", json=body)
+    r = client.post("/v2/models/digits/infer", json=body)
     assert r.status_code == 200, r.text
     probs = torch.tensor(r.json()["outputs"][0]["data"])
     assert torch.allclose(probs, ref, atol=1e-5)
@@ -219,10 +219,10 @@ def test_oip_v2(client):
             }
         ]
     }
-    r = client.post("/v2/models/small_cnn/infer", json=b)
+    r = client.post("/v2/models/digits/infer", json=b)
     assert torch.allclose(torch.tensor(r.json()["outputs"][0]["data"]), ref, atol=1e-5)
     bad = {"inputs": [{"name": "input", "shape": [1, 3, 28, 28], "datatype": "FP32", "data": [0]}]}
-    assert client.post("/v2/models/small_cnn/infer", json=bad).status_code == 422
+    assert client.post("/v2/models/digits/infer", json=bad).status_code == 422
 
 
 def test_openapi_documents_the_api(client):

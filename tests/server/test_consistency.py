@@ -10,7 +10,7 @@ import httpx
 import torch
 
 from models import LevelCompressor, checkpoint
-from server import control, wiring
+from server import daemon as serving
 from server.app import create_app
 from server.settings import Settings
 from tests.helpers import digits, encode
@@ -21,11 +21,12 @@ REQUESTS = 2000
 async def scenario() -> tuple[list[tuple[int, dict]], int]:
     settings = Settings(controller_enabled=False, torch_threads=1, max_queue=REQUESTS)
     app = create_app(settings)
-    rt = await wiring.start(settings, app.state.metrics)
-    app.state.runtime = rt
+    d = await serving.start(settings, app.state.metrics)
+    app.state.daemon = app.state.runtime = d
+    model = d.registry.get()
     arrs, _ = digits(16)
     pngs = [encode(a) for a in arrs]
-    grid = rt.slot.calc.grid(7)
+    grid = model.level.calc.grid(7)
     stop = asyncio.Event()
     moves = 0
 
@@ -33,7 +34,7 @@ async def scenario() -> tuple[list[tuple[int, dict]], int]:
         nonlocal moves
         rng = random.Random(0)
         while not stop.is_set():
-            control._on_level(rt, rng.choice(grid), "test")
+            d._on_level(model, rng.choice(grid), "test")
             moves += 1
             await asyncio.sleep(0.002)
 
@@ -55,7 +56,7 @@ async def scenario() -> tuple[list[tuple[int, dict]], int]:
         results = await asyncio.gather(*(bounded(i) for i in range(REQUESTS)))
     stop.set()
     await mover
-    await wiring.stop(rt)
+    await serving.stop(d)
     return results, moves
 
 

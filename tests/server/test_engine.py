@@ -9,7 +9,13 @@ import time
 import pytest
 import torch
 
-from server.engine import DeadlineExceeded, Engine, QueueFull
+from server.engine import Engine, inference_executor
+from server.errors import DeadlineExceeded, QueueFull
+
+
+def soon(seconds: float) -> float:
+    """A deadline `seconds` from now (Engine.infer takes a time.monotonic() instant)."""
+    return time.monotonic() + seconds
 
 
 class FakeLevel:
@@ -27,7 +33,12 @@ def make_engine(delay: float, **kw):
         time.sleep(delay)
         return x.flatten(1) * captured.alpha, captured, "torch"  # each row stays its own
 
-    opts = {"max_batch": 8, "max_wait_s": 0.0, "max_queue": 64, "threads": 1} | kw
+    opts = {
+        "max_batch": 8,
+        "max_wait_s": 0.0,
+        "max_queue": 64,
+        "executor": inference_executor(1),
+    } | kw
     return Engine(forward, **opts), calls, level
 
 
@@ -36,7 +47,7 @@ def test_concurrent_requests_are_batched_and_answered_in_order():
         engine, calls, _ = make_engine(0.02)
         engine.start()
         xs = [torch.full((1, 2, 2), float(i)) for i in range(20)]
-        results = await asyncio.gather(*(engine.infer(x, 5) for x in xs))
+        results = await asyncio.gather(*(engine.infer(x, soon(5)) for x in xs))
         await engine.stop()
         return results, calls
 
@@ -51,7 +62,7 @@ def test_a_batch_runs_at_one_level_even_if_it_changes_meanwhile():
     async def main():
         engine, _, level = make_engine(0.05)
         engine.start()
-        tasks = [asyncio.create_task(engine.infer(torch.ones(1, 1, 1), 5)) for _ in range(6)]
+        tasks = [asyncio.create_task(engine.infer(torch.ones(1, 1, 1), soon(5))) for _ in range(6)]
         await asyncio.sleep(0.01)
         level["current"] = FakeLevel(0.5)  # the switch lands while a batch is running
         results = await asyncio.gather(*tasks)
@@ -66,12 +77,12 @@ def test_queue_full_is_refused():
     async def main():
         engine, _, _ = make_engine(0.2, max_queue=2, max_batch=1)
         engine.start()
-        first = asyncio.create_task(engine.infer(torch.ones(1), 5))
+        first = asyncio.create_task(engine.infer(torch.ones(1), soon(5)))
         await asyncio.sleep(0.05)  # first is running; the queue is empty again
-        queued = [asyncio.create_task(engine.infer(torch.ones(1), 5)) for _ in range(2)]
+        queued = [asyncio.create_task(engine.infer(torch.ones(1), soon(5))) for _ in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(QueueFull):
-            await engine.infer(torch.ones(1), 5)
+            await engine.infer(torch.ones(1), soon(5))
         done = await asyncio.gather(first, *queued)
         await engine.stop()
         return done
@@ -83,10 +94,10 @@ def test_deadline():
     async def main():
         engine, calls, _ = make_engine(0.3, max_batch=1)
         engine.start()
-        slow = asyncio.create_task(engine.infer(torch.ones(1), 5))
+        slow = asyncio.create_task(engine.infer(torch.ones(1), soon(5)))
         await asyncio.sleep(0.01)
         with pytest.raises(DeadlineExceeded):
-            await engine.infer(torch.ones(1), 0.05)  # waits behind `slow`
+            await engine.infer(torch.ones(1), soon(0.05))  # waits behind `slow`
         await slow
         await asyncio.sleep(0.05)
         await engine.stop()
@@ -103,10 +114,40 @@ def test_forward_runs_on_one_dedicated_thread():
         return x, FakeLevel(1.0), "torch"
 
     async def main():
-        engine = Engine(forward, max_batch=2, max_wait_s=0, max_queue=16, threads=1)
+        engine = Engine(
+            forward, max_batch=2, max_wait_s=0, max_queue=16, executor=inference_executor(1)
+        )
         engine.start()
-        await asyncio.gather(*(engine.infer(torch.ones(1), 5) for _ in range(10)))
+        await asyncio.gather(*(engine.infer(torch.ones(1), soon(5)) for _ in range(10)))
         await engine.stop()
 
     asyncio.run(main())
     assert len(names) == 1 and next(iter(names)).startswith("lcs-inference")
+
+
+def test_engines_of_several_models_share_one_inference_thread():
+    """Two models never run a forward pass at the same time (they would oversubscribe)."""
+    running, overlaps = [0], [0]
+
+    def forward(x):
+        running[0] += 1
+        overlaps[0] += running[0] > 1
+        time.sleep(0.002)
+        running[0] -= 1
+        return x, FakeLevel(1.0), "torch"
+
+    async def main():
+        pool = inference_executor(1)
+        engines = [
+            Engine(forward, max_batch=1, max_wait_s=0, max_queue=64, executor=pool)
+            for _ in range(2)
+        ]
+        for e in engines:
+            e.start()
+        await asyncio.gather(*(e.infer(torch.ones(1), soon(5)) for e in engines for _ in range(20)))
+        for e in engines:
+            await e.stop()
+        pool.shutdown()
+
+    asyncio.run(main())
+    assert overlaps[0] == 0 and running[0] == 0

@@ -37,7 +37,7 @@ def test_the_child_exports_what_an_in_process_export_does_at_nice_10():
     net = _net("small_cnn", "structured")
     level = LevelCompressor(net)(0.5)
     x = warmup_batch(INPUT["small_cnn"])
-    exporter = Exporter(net)
+    exporter = Exporter()
     try:
         model, reference = exporter(net, level, x)
         assert exporter.pid is not None and exporter.pid != os.getpid()
@@ -67,7 +67,7 @@ def test_a_killed_child_raises_once_then_a_new_one_exports():
     net = _net("resnet18", "structured")  # an export long enough to kill the child inside it
     level = LevelCompressor(net)(1.0)
     x = warmup_batch(INPUT["resnet18"])
-    exporter = Exporter(net)
+    exporter = Exporter()
     try:
         exporter.start()
         first_pid = exporter.pid
@@ -109,15 +109,15 @@ def test_a_dead_exporter_fails_one_preparation_and_the_level_is_retried():
 
             rt.tier2.export_fn = dies_once  # type: ignore[assignment]
             rt.tier2.settle_s = 0.05
-            grid = rt.slot.calc.grid(7)
+            grid = rt.level.calc.grid(7)
             results = []
-            await rt.switch(grid[3], "test")
+            await rt.level.switch(grid[3], "test")
             await until(lambda: sample(rt, "lcs_tier2_failures_total", reason="exporter") == 1)
             results.append((1, await predict(client, 1)))
-            assert rt.tier() == "torch"
-            await rt.switch(grid[4], "test")  # away, then back: the level is not refused
-            await rt.switch(grid[3], "test")
-            await until(lambda: rt.tier() == "onnx")
+            assert rt.service.tier() == "torch"
+            await rt.level.switch(grid[4], "test")  # away, then back: the level is not refused
+            await rt.level.switch(grid[3], "test")
+            await until(lambda: rt.service.tier() == "onnx")
             results.append((2, await predict(client, 2)))
             assert exporter.pid is not None and exporter.pid != os.getpid()
             return results
@@ -130,7 +130,7 @@ def test_a_dead_exporter_fails_one_preparation_and_the_level_is_retried():
 @pytest.mark.parametrize("exporting", [False, True])
 def test_close_stops_the_child(exporting: bool):
     net = _net("small_cnn", "structured")
-    exporter = Exporter(net)
+    exporter = Exporter()
     exporter.start()
     pid = exporter.pid
     assert pid is not None
@@ -160,7 +160,7 @@ def test_an_idle_child_exits_and_the_next_export_starts_another():
     net = _net("small_cnn", "structured")
     level = LevelCompressor(net)(1.0)
     x = warmup_batch(INPUT["small_cnn"])
-    exporter = Exporter(net, idle_s=0.5)
+    exporter = Exporter(idle_s=0.5)
     try:
         exporter(net, level, x)
         first = exporter.pid

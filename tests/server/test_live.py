@@ -162,7 +162,7 @@ def test_metrics_pass_promtool_and_logs_are_json(images):
         srv.proc.send_signal(signal.SIGTERM)
         srv.proc.wait(30)
         lines = srv.output().splitlines()
-    assert 'lcs_requests_total{endpoint="/predict",status="400"} 1.0' in text
+    assert 'lcs_requests_total{endpoint="/predict",model="digits",status="400"} 1.0' in text
     assert "lcs_reading_memory_available_bytes" in text
     records = [json.loads(x) for x in lines if x.startswith("{")]
     access = [r for r in records if r["logger"] == "lcs.access" and r["path"] == "/predict"]
@@ -202,7 +202,7 @@ def test_tier2_in_a_live_process_answers_at_the_reported_level_and_leaves_no_chi
     assert code == 0
     _, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
-    assert "lcs_tier2_cache_hits_total 1.0" in metrics
+    assert 'lcs_tier2_cache_hits_total{model="digits"} 1.0' in metrics
     assert {body["level"]["tier"] for _, body in results} == {"onnx"}
     for j, body in results:
         ref = reference_probabilities(arrs[j], body["level"]["alpha"])

@@ -1,4 +1,4 @@
-"""Tier 2: ONNX Runtime sessions of settled levels match PyTorch, swap in without losing or mixing
+"""Tier 2: ONNX ServedModel sessions of settled levels match PyTorch, swap in without losing or mixing
 requests, and any failure leaves the daemon answering from tier 1."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import torch
 from models import LevelCompressor, checkpoint
 from models.levels import SubspaceSpec
 from models.networks import create_model
-from server import wiring
+from server import daemon as serving
 from server.app import create_app
+from server.exporter import Exporter
 from server.metrics import Metrics
-from server.runtime import Runtime
+from server.served import ServedModel
 from server.settings import Settings, add_arguments, from_args
 from server.tier2 import Prepared, Tier2, Tier2Failure, prepare
 from tests.helpers import digits, encode
@@ -78,18 +79,19 @@ def test_activation_fake_quant_is_refused_for_tier2():
             net,
             INPUT["small_cnn"],
             1,
-            metrics,
+            metrics.for_model("m"),  # type: ignore[arg-type]
             lambda: level,
             settle_s=0,
             budget_bytes=2**30,
             tolerance=TOLERANCE,
+            exporter=Exporter(),
         )
         for _ in range(2):  # refused once, not retried on return
             tier2.level_changed(level)
             await asyncio.gather(*tier2._tasks)
         await tier2.close()
         value = metrics.registry.get_sample_value(
-            "lcs_tier2_failures_total", {"reason": "unsupported"}
+            "lcs_tier2_failures_total", {"model": "m", "reason": "unsupported"}
         )
         return value or 0.0, tier2.serving(level)
 
@@ -98,21 +100,22 @@ def test_activation_fake_quant_is_refused_for_tier2():
 
 
 @asynccontextmanager
-async def daemon(**overrides) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
+async def daemon(**overrides) -> AsyncIterator[tuple[ServedModel, httpx.AsyncClient]]:
     settings = Settings(
         **{"controller_enabled": False, "torch_threads": 1, "max_queue": 512}
         | {"tier2_enabled": True, "tier2_settle_s": 0.05}
         | overrides
     )
     app = create_app(settings)
-    rt = await wiring.start(settings, app.state.metrics)
-    app.state.runtime = rt
+    d = await serving.start(settings, app.state.metrics)
+    app.state.daemon = app.state.runtime = d
+    rt = d.registry.get()
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://lcs") as client:
             yield rt, client
     finally:
-        await wiring.stop(rt)
+        await serving.stop(d)
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
@@ -123,8 +126,8 @@ async def until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
         await asyncio.sleep(0.01)
 
 
-def sample(rt: Runtime, name: str, **labels: str) -> float:
-    return rt.metrics.registry.get_sample_value(name, labels) or 0.0
+def sample(rt: ServedModel, name: str, **labels: str) -> float:
+    return rt.metrics.registry.get_sample_value(name, {"model": rt.name, **labels}) or 0.0
 
 
 ARRS, _ = digits(8)
@@ -154,9 +157,9 @@ def check_levels(results: list[tuple[int, dict]]) -> None:
 def test_swap_in_under_load_loses_nothing_and_never_mixes_levels():
     async def main() -> tuple[list[tuple[int, dict]], int]:
         async with daemon() as (rt, client):
-            await until(lambda: rt.tier() == "onnx")  # the start-up level settles
+            await until(lambda: rt.service.tier() == "onnx")  # the start-up level settles
             assert (await predict(client, 0))["level"]["tier"] == "onnx"
-            grid = rt.slot.calc.grid(7)
+            grid = rt.level.calc.grid(7)
             results: list[tuple[int, dict]] = []
             sent = 0
             stop = asyncio.Event()
@@ -172,8 +175,8 @@ def test_swap_in_under_load_loses_nothing_and_never_mixes_levels():
             # Each new level: tier 1 at once, then tier 2 swapped in behind the load; the
             # revisited grid[2] comes back from the cache.
             for alpha in [grid[2], grid[4], grid[2], grid[-1], grid[4]]:
-                await rt.switch(alpha, "test")
-                await until(lambda: rt.tier() == "onnx")
+                await rt.level.switch(alpha, "test")
+                await until(lambda: rt.service.tier() == "onnx")
                 served = len(results)
                 await until(lambda n=served: len(results) >= n + 8)  # served on tier 2
             stop.set()
@@ -183,17 +186,17 @@ def test_swap_in_under_load_loses_nothing_and_never_mixes_levels():
             rt.tier2.settle_s = 1.0  # far longer than a small CNN's switch
             misses = sample(rt, "lcs_tier2_cache_misses_total")
             for alpha in grid[:2]:
-                await rt.switch(alpha, "test")
-                assert rt.tier() == "torch"
-            await rt.switch(grid[4], "test")
-            assert rt.tier() == "onnx"  # a cached level is served at once
+                await rt.level.switch(alpha, "test")
+                assert rt.service.tier() == "torch"
+            await rt.level.switch(grid[4], "test")
+            assert rt.service.tier() == "onnx"  # a cached level is served at once
             await asyncio.gather(*rt.tier2._tasks)  # the settle timers of grid[0] and grid[1]
             assert sample(rt, "lcs_tier2_cache_misses_total") == misses
             assert sample(rt, "lcs_tier2_cache_hits_total") >= 2
             assert sample(rt, "lcs_tier2_failures_total", reason="mismatch") == 0
             metrics = (await client.get("/metrics")).text
-            assert 'lcs_inference_duration_seconds_count{tier="onnx"}' in metrics
-            assert 'lcs_inference_duration_seconds_count{tier="torch"}' in metrics
+            assert 'lcs_inference_duration_seconds_count{model="digits",tier="onnx"}' in metrics
+            assert 'lcs_inference_duration_seconds_count{model="digits",tier="torch"}' in metrics
             assert "lcs_tier2_prepare_duration_seconds_count" in metrics
             return results, sent
 
@@ -206,12 +209,12 @@ def test_swap_in_under_load_loses_nothing_and_never_mixes_levels():
 
 
 def _raise(*_args: object) -> object:
-    raise RuntimeError("injected")
+    raise ServedModelError("injected")
 
 
 class BrokenSession:
     def run(self, *_args: object) -> object:
-        raise RuntimeError("injected")
+        raise ServedModelError("injected")
 
 
 @pytest.mark.parametrize("where", ["export", "session", "budget"])
@@ -227,13 +230,13 @@ def test_a_failed_preparation_leaves_tier1_serving(where: str):
                 rt.tier2.session_fn = _raise  # type: ignore[assignment]
             rt.tier2.settle_s = 0.05
             results = []
-            for alpha in rt.slot.calc.grid(7)[2:5]:
-                await rt.switch(alpha, "test")
+            for alpha in rt.level.calc.grid(7)[2:5]:
+                await rt.level.switch(alpha, "test")
                 results.append((1, await predict(client, 1)))
                 await until(lambda: sample(rt, "lcs_tier2_failures_total", reason=where) >= 1)
                 await asyncio.sleep(0.1)
                 results.append((2, await predict(client, 2)))
-            assert rt.tier() == "torch" and rt.tier2.cached_bytes == 0
+            assert rt.service.tier() == "torch" and rt.tier2.cached_bytes == 0
             return results
 
     results = asyncio.run(main())
@@ -245,7 +248,7 @@ def test_a_session_that_fails_on_a_request_falls_back_to_tier1():
     async def main() -> tuple[dict, dict, float]:
         async with daemon() as (rt, client):
             assert rt.tier2 is not None
-            await until(lambda: rt.tier() == "onnx")
+            await until(lambda: rt.service.tier() == "onnx")
             good = rt.tier2.active
             assert good is not None
             broken = Prepared(good.alpha, good.gamma, good.family, BrokenSession(), good.nbytes)  # type: ignore[arg-type]
@@ -284,11 +287,12 @@ def test_the_cache_evicts_least_recently_used_sessions_to_fit_its_budget():
         net,
         INPUT["small_cnn"],
         1,
-        Metrics(),
+        Metrics().for_model("m"),  # type: ignore[arg-type]
         lambda: current["level"],
         settle_s=0,
         budget_bytes=250,
         tolerance=TOLERANCE,
+        exporter=Exporter(),
     )
 
     def fake(alpha: float) -> Prepared:
@@ -331,7 +335,7 @@ def test_tier2_sessions_take_the_daemons_threads_unless_set(
     async def main() -> tuple[int, str]:
         async with daemon(torch_threads=2, tier2_threads=threads, tier2_spin=spin) as (rt, _c):
             assert rt.tier2 is not None
-            await until(lambda: rt.tier() == "onnx")
+            await until(lambda: rt.service.tier() == "onnx")
             p = rt.tier2.active
             assert p is not None
             options = p.session.get_session_options()
@@ -347,8 +351,8 @@ def test_a_prepared_level_carries_its_measured_latency_into_the_profile():
     async def main() -> tuple[float | None, float | None, dict]:
         async with daemon() as (rt, client):
             assert rt.tier2 is not None
-            await until(lambda: rt.tier() == "onnx")
-            top, other = rt.slot.current.alpha, rt.slot.calc.grid(7)[0]
+            await until(lambda: rt.service.tier() == "onnx")
+            top, other = rt.level.current.alpha, rt.level.calc.grid(7)[0]
             level = (await client.get("/level")).json()
             return rt.tier2.latency(top), rt.tier2.latency(other), level
 

@@ -1,0 +1,112 @@
+"""Who takes the CPUs: the daemon's own process tree against all other work, from /proc/stat."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def affinity() -> set[int]:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+class CpuShare:
+    """Cores used by other work and by this process tree on the CPUs it may run on, each
+    smoothed with time constant `tau_s`.
+
+    Busy time is read per CPU from /proc/stat (only the CPUs in `cpus()`; steal counts as
+    taken). Time of niced processes (the "nice" column) counts only when the daemon is niced
+    itself (`count_niced=None`, the default, asks its niceness): otherwise that work runs at
+    a lower priority and yields to the daemon, so it takes nothing from it. The daemon's own
+    time is that of process `pid` and its live children (the tier-2 export worker), each from
+    its own /proc entry through psutil. Children are re-listed every `children_every_s`
+    (listing walks all of /proc; reading known pids is cheap)."""
+
+    def __init__(
+        self,
+        *,
+        proc_root: str = "/proc",
+        ps: Any,
+        pid: int,
+        cpus: Callable[[], set[int]] = affinity,
+        clock: Callable[[], float],
+        tau_s: float = 0.5,
+        min_dt_s: float = 0.1,
+        children_every_s: float = 2.0,
+        clk_tck: int | None = None,
+        count_niced: bool | None = None,
+    ) -> None:
+        self.stat = Path(proc_root, "stat")
+        self.ps, self.pid, self.cpus, self.clock = ps, pid, cpus, clock
+        self.tau_s, self.min_dt_s, self.children_every_s = tau_s, min_dt_s, children_every_s
+        self.clk_tck = clk_tck or os.sysconf("SC_CLK_TCK")
+        self.count_niced = count_niced
+        self.other: float | None = None
+        self.own: float | None = None
+        self._proc: Any = None
+        self._children: list[Any] = []
+        self._listed_at = -math.inf
+        self._last: tuple[float, float, dict[int, float]] | None = None  # time, busy, own by pid
+
+    def sample(self) -> tuple[float | None, float | None]:
+        """(other cores, own cores), smoothed; None until two samples are far enough apart."""
+        now = self.clock()
+        if self._last is not None and now - self._last[0] < self.min_dt_s:
+            return self.other, self.own  # too close for tick resolution: keep the baseline
+        busy, own = self._busy_s(), self._own_s(now)
+        if self._last is not None:
+            t0, busy0, own0 = self._last
+            dt = now - t0
+            own_d = sum(max(0.0, v - own0[pid]) for pid, v in own.items() if pid in own0)
+            raw_other = max(0.0, busy - busy0 - own_d) / dt
+            raw_own = own_d / dt
+            w = 1.0 - math.exp(-dt / self.tau_s)
+            self.other = (
+                raw_other if self.other is None else self.other + w * (raw_other - self.other)
+            )
+            self.own = raw_own if self.own is None else self.own + w * (raw_own - self.own)
+        self._last = (now, busy, own)
+        return self.other, self.own
+
+    def _busy_s(self) -> float:
+        """CPU seconds spent not idle on our CPUs since boot."""
+        if self.count_niced is None:
+            try:
+                self.count_niced = self.ps.Process(self.pid).nice() > 0
+            except Exception:  # no niceness here: count everything
+                self.count_niced = True
+        mine = {f"cpu{i}" for i in self.cpus()}
+        ticks = 0
+        for line in self.stat.read_text().splitlines():
+            name, _, rest = line.partition(" ")
+            if name in mine:
+                # user nice system idle iowait irq softirq steal
+                f = [int(x) for x in rest.split()[:8]]
+                ticks += sum(f) - f[3] - f[4] - (0 if self.count_niced else f[1])
+        return ticks / self.clk_tck
+
+    def _own_s(self, now: float) -> dict[int, float]:
+        """CPU seconds so far of this process and of each live child, by pid."""
+        if self._proc is None:
+            self._proc = self.ps.Process(self.pid)
+        if now - self._listed_at >= self.children_every_s:
+            self._children = list(self._proc.children(recursive=True))
+            self._listed_at = now
+        t = self._proc.cpu_times()
+        out = {self.pid: t.user + t.system}
+        alive = []
+        for c in self._children:
+            try:
+                ct = c.cpu_times()
+            except Exception:  # exited meanwhile (psutil.NoSuchProcess): not ours any more
+                continue
+            out[c.pid] = ct.user + ct.system
+            alive.append(c)
+        self._children = alive
+        return out

@@ -1,0 +1,195 @@
+"""InferenceService: request → decode (off the loop) → batch → forward on its tier → result."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+
+import torch
+
+from controller.readings import ModelFeedback
+from models import Level, SubspaceNet
+from server.engine import Engine, Result
+from server.errors import DeadlineExceeded, HintError, NotReady, TooMany
+from server.levels import LevelState
+from server.metrics import ModelMetrics
+from server.preprocess import Preprocessor
+from server.tier2 import Tier2
+
+__all__ = ["Hints", "InferenceService", "Result"]
+
+FEEDBACK_WINDOW_S = 5.0  # request rate and latency quantiles over the last few seconds
+
+
+@dataclass(frozen=True)
+class Hints:
+    """Per-request requirements (issue 16): served from the same model at another level."""
+
+    min_accuracy: float | None = None
+    max_latency_ms: float | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.min_accuracy is not None or self.max_latency_ms is not None
+
+
+class InferenceService:
+    """One model's request path, the same for /predict, /v2 and gRPC. It counts what it has
+    accepted (`in_flight`), so a model being replaced or unloaded is freed only once every
+    request that reached it has its answer."""
+
+    def __init__(
+        self,
+        net: SubspaceNet,
+        level: LevelState,
+        preprocess: Preprocessor,
+        decode_pool: Executor,
+        metrics: ModelMetrics,
+        *,
+        max_images: int,
+        tier2: Tier2 | None = None,
+    ) -> None:
+        self.net, self.level, self.preprocess = net, level, preprocess
+        self.decode_pool, self.metrics, self.tier2 = decode_pool, metrics, tier2
+        self.max_images = max_images
+        self.engine: Engine | None = None  # set by the model's start-up, which owns the engine
+        self.in_flight = 0
+        self.closed = False
+        # (monotonic time, α, request seconds, forward seconds) of recent requests: feedback.
+        self._recent: deque[tuple[float, float, float, float]] = deque(maxlen=1024)
+
+    # The request flow, top to bottom.
+
+    async def predict_images(
+        self, images: list[bytes], hints: Hints, deadline: float, received: float | None = None
+    ) -> list[Result]:
+        """Encoded images → one Result each; ImageError for an image that will not decode."""
+        self._admit(len(images), hints)
+        self.in_flight += 1
+        try:
+            start = time.perf_counter()
+            xs = await self._within(deadline, asyncio.gather(*(self._decode(d) for d in images)))
+            decode_s = time.perf_counter() - start
+            results = await self._infer(xs, deadline)
+            return self._done([replace(r, decode_s=decode_s) for r in results], received)
+        finally:
+            self.in_flight -= 1
+
+    async def predict_tensor(
+        self, x: torch.Tensor, hints: Hints, deadline: float, received: float | None = None
+    ) -> list[Result]:
+        """x (N, C, H, W) float32 in the network's input space (already normalised)."""
+        self._admit(x.shape[0], hints)
+        self.in_flight += 1
+        try:
+            return self._done(await self._infer(list(x), deadline), received)
+        finally:
+            self.in_flight -= 1
+
+    async def predict_pixels(
+        self, x: torch.Tensor, hints: Hints, deadline: float, received: float | None = None
+    ) -> list[Result]:
+        """x (N, C, H, W) uint8 raw pixels at the model's input size: the checkpoint's
+        normalisation is applied here, as for a decoded image."""
+        p = self.preprocess
+        mean = torch.tensor(p.mean).view(1, -1, 1, 1)
+        std = torch.tensor(p.std).view(1, -1, 1, 1)
+        return await self.predict_tensor(
+            (x.to(torch.float32) / 255 - mean) / std, hints, deadline, received
+        )
+
+    def _admit(self, n: int, hints: Hints) -> None:
+        if self.closed or self.engine is None:
+            raise NotReady("not ready: the model is being unloaded")
+        if n > self.max_images:
+            # The queue could never hold them all: a 429 would be retried forever.
+            raise TooMany(f"at most {self.max_images} images per request; got {n}")
+        if hints.any:
+            raise HintError("per-request min_accuracy / max_latency_ms are not supported yet")
+
+    async def _decode(self, data: bytes) -> torch.Tensor:
+        """One image in the decode pool (never on the event loop): per-image tasks, so one
+        request of many large images cannot hold the pool for everyone else."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.decode_pool, self.preprocess, data
+        )
+
+    async def _infer(self, xs: list[torch.Tensor], deadline: float) -> list[Result]:
+        assert self.engine is not None
+        engine = self.engine
+        results = await asyncio.gather(*(engine.infer(x, deadline) for x in xs))  # one batch
+        for r in results:
+            self.metrics.queue_wait.observe(r.queue_s)
+        return list(results)
+
+    @staticmethod
+    async def _within(
+        deadline: float, work: asyncio.Future[list[torch.Tensor]]
+    ) -> list[torch.Tensor]:
+        try:
+            return await asyncio.wait_for(work, max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            raise DeadlineExceeded("no result within the request's deadline") from None
+
+    def _done(self, results: list[Result], received: float | None) -> list[Result]:
+        now = time.perf_counter()
+        seconds = now - received if received is not None else None
+        forward = statistics.fmean(r.forward_s for r in results)
+        if seconds is not None:
+            self._recent.append((time.monotonic(), results[-1].level.alpha, seconds, forward))
+        return results
+
+    # On the inference thread.
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Level, str]:
+        """One Level captured for the whole pass, run by tier 2 only if its session was built
+        from that very level, else by PyTorch (tier 1)."""
+        level = self.level.current
+        prepared = self.tier2.serving(level) if self.tier2 is not None else None
+        if prepared is not None:
+            try:
+                return prepared.run(x, "probabilities"), level, "onnx"
+            except Exception as e:  # tier 2 never fails a request: tier 1 answers
+                assert self.tier2 is not None
+                self.tier2.run_failed(prepared, e)
+        with torch.inference_mode():
+            probs = torch.softmax(self.net(x, level), dim=1)
+        return probs, level, "torch"
+
+    def tier(self) -> str:
+        """The tier a request arriving now would run on."""
+        t2 = self.tier2
+        return "onnx" if t2 is not None and t2.serving(self.level.current) else "torch"
+
+    # The controller's view.
+
+    def feedback(self) -> ModelFeedback:
+        """This model's recent traffic: the rate over every request; latency quantiles, the
+        non-forward part and the forward pass over those served at the current level only,
+        so the figures describe the level the controller is deciding from."""
+        now, alpha = time.monotonic(), self.level.current.alpha
+        recent = [r for r in self._recent if now - r[0] <= FEEDBACK_WINDOW_S]
+        depth = self.engine.depth if self.engine is not None else 0
+        rate = len(recent) / FEEDBACK_WINDOW_S
+        here = [r for r in recent if r[1] == alpha]
+        if not here:
+            return ModelFeedback(request_rate=rate, queue_depth=depth)
+        forward = statistics.median(r[3] for r in here)
+        overhead = statistics.median(r[2] - r[3] for r in here)
+        if len(here) < 5:
+            return ModelFeedback(overhead_s=overhead, forward_s=forward, request_rate=rate,
+                                 queue_depth=depth)  # fmt: skip
+        q = statistics.quantiles([r[2] for r in here], n=100, method="inclusive")
+        return ModelFeedback(
+            latency_p50_s=q[49],
+            latency_p95_s=q[94],
+            latency_p99_s=q[98],
+            overhead_s=overhead,
+            forward_s=forward,
+            request_rate=rate,
+            queue_depth=depth,
+        )

@@ -1,0 +1,110 @@
+"""LevelState: the one owner of a model's level — current Level, the switch, the operator policy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from controller.policy import OperatorPolicy
+from models import Calculator, Level, LevelCompressor, SubspaceNet
+
+log = logging.getLogger("lcs.server")
+
+Listener = Callable[[Level, str, float], None]  # (new level, reason, recompress seconds)
+
+
+@dataclass(frozen=True)
+class Change:
+    alpha: float
+    gamma: float
+    reason: str
+    at: float = field(default_factory=time.time)  # wall clock, for GET /level
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Who set the operator policy and why (the policy itself is the controller's record)."""
+
+    who: str = "default"
+    why: str = ""
+    at: float = field(default_factory=time.time)
+
+
+class LevelState:
+    """Holds ω (or ω1, ω2) through its compressor and the current f(ω*(α), γ(α)).
+
+    A request reads `current` once and runs its whole forward pass on that Level; a switch
+    builds the next Level on its own thread and replaces the reference in one assignment, so
+    no request ever sees a half-updated network. Every switch goes through `switch`, so the
+    controller, which reads `current` on each step, can never hold a stale α.
+    """
+
+    def __init__(self, net: SubspaceNet, calc: Calculator, policy: OperatorPolicy) -> None:
+        self.calc = calc
+        self.policy, self.audit = policy, Audit()
+        self._levels = LevelCompressor(net, cache=True)
+        self._builder = ThreadPoolExecutor(1, thread_name_prefix="lcs-recompress")
+        self._generation = 0
+        self._listeners: list[Listener] = []
+        self.current: Level = self._levels(calc.alpha_max)
+        self.last_change = Change(self.current.alpha, self.current.gamma, "startup")
+
+    def listen(self, fn: Listener) -> None:
+        """`fn` runs on the event loop right after each swap (metrics, tier 2)."""
+        self._listeners.append(fn)
+
+    def build(self, alpha: float) -> tuple[Level, float]:
+        """f(ω*(α), γ(α)) and the seconds it took (also warms the TopK order cache)."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            level = self._levels(alpha)
+        return level, time.perf_counter() - t0
+
+    async def switch(self, alpha: float, reason: str) -> Level | None:
+        """Move to α off the request path; returns the new Level, or None when α is already
+        current or a newer switch overtook this one."""
+        alpha = self.calc.clamp(alpha)
+        if alpha == self.current.alpha:
+            return None
+        self._generation += 1
+        gen = self._generation
+        level, seconds = await asyncio.get_running_loop().run_in_executor(
+            self._builder, self.build, alpha
+        )
+        if gen != self._generation:
+            return None  # a later switch wins
+        self.current = level  # the atomic swap
+        self.last_change = Change(level.alpha, level.gamma, reason)
+        log.info(
+            "level changed",
+            extra={
+                "alpha": level.alpha,
+                "gamma": level.gamma,
+                "reason": reason,
+                "recompress_s": round(seconds, 6),
+            },
+        )
+        for fn in self._listeners:
+            fn(level, reason, seconds)
+        return level
+
+    async def set_policy(self, policy: OperatorPolicy, audit: Audit) -> None:
+        """An operator's policy wins over the controller: fixed moves now, bounds clamp now."""
+        self.policy, self.audit = policy, audit
+        if policy.mode == "fixed" and policy.alpha is not None:
+            await self.switch(policy.alpha, "operator_fixed")
+            return
+        alpha = self.current.alpha
+        lo = policy.min_alpha if policy.min_alpha is not None else alpha
+        hi = policy.max_alpha if policy.max_alpha is not None else alpha
+        if not lo <= alpha <= hi:
+            await self.switch(min(max(alpha, lo), hi), "operator_bounds")
+
+    def close(self) -> None:
+        self._builder.shutdown(wait=False, cancel_futures=True)

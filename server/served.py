@@ -1,0 +1,236 @@
+"""ServedModel: one loaded checkpoint with its level state, inference service, engine and tier 2."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from controller.policy import LevelPoint, OperatorPolicy
+from models import Level, SubspaceNet, checkpoint
+from models.checkpoint import Metadata
+from server.engine import Engine
+from server.exporter import Exporter
+from server.inference import InferenceService
+from server.levels import LevelState
+from server.metrics import Metrics, ModelMetrics
+from server.preprocess import Preprocessor
+from server.settings import Settings
+from server.tier2 import Tier2
+
+log = logging.getLogger("lcs.server")
+
+PROFILE_BUDGET_S = 0.3  # per level; each timed call is its own job on the inference thread
+
+
+@dataclass
+class Shared:
+    """What every model of one daemon shares: settings, metrics and the threads."""
+
+    settings: Settings
+    metrics: Metrics
+    threads: int  # torch intra-op threads (from the CPU quota)
+    inference: ThreadPoolExecutor  # the one inference thread
+    decode_pool: ThreadPoolExecutor
+    exporter: Exporter | None  # tier 2's export process, shared; None when tier 2 is off
+
+
+@dataclass(eq=False)
+class ServedModel:
+    name: str
+    version: int
+    checksum: str
+    path: Path
+    meta: Metadata
+    net: SubspaceNet
+    level: LevelState
+    service: InferenceService
+    engine: Engine
+    metrics: ModelMetrics
+    tier2: Tier2 | None = None
+    profile: list[LevelPoint] = field(default_factory=list)
+    load_bytes: int = 0  # resident growth measured while loading
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def resident_bytes(self) -> int:
+        """What this model holds: its load growth plus its cached tier-2 sessions."""
+        return self.load_bytes + (self.tier2.cached_bytes if self.tier2 is not None else 0)
+
+    def identity(self) -> dict[str, Any]:
+        """Name, version and checksum, in every response: which model answered."""
+        return {
+            "name": self.name,
+            "version": str(self.version),
+            "checksum": self.checksum[:16],
+            "arch": self.meta.arch,
+        }
+
+    async def close(self) -> None:
+        self.service.closed = True
+        await self.engine.stop()
+        if self.tier2 is not None:
+            await self.tier2.close()
+        self.level.close()
+
+
+def resident() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+async def open_model(name: str, path: Path, version: int, shared: Shared) -> ServedModel:
+    """Load, verify, warm and profile a model off the request path (raises CheckpointError)."""
+    before = resident()
+    net, meta, digest = await asyncio.to_thread(checkpoint.load, path)
+    s, metrics = shared.settings, shared.metrics.for_model(name)
+    level = LevelState(net, meta.spec.calc, default_policy(s))
+    c, h, w = meta.input_size
+    service = InferenceService(
+        net,
+        level,
+        Preprocessor(c, h, w, tuple(meta.mean), tuple(meta.std), s.max_pixels),
+        shared.decode_pool,
+        metrics,
+        # The queue must be able to hold a whole request, or it could never be served.
+        max_images=min(s.max_batch_images, s.max_queue),
+        tier2=_tier2(net, meta, level, shared, metrics),
+    )
+    engine = Engine(
+        service.forward,
+        max_batch=s.max_batch_size,
+        max_wait_s=s.max_batch_wait_ms / 1e3,
+        max_queue=s.max_queue,
+        executor=shared.inference,
+        on_batch=lambda n, sec, tier: _on_batch(metrics, n, sec, tier),
+    )
+    model = ServedModel(
+        name, version, digest, path, meta, net, level, service, engine, metrics, service.tier2
+    )
+    level.listen(lambda lv, reason, sec: _on_switch(model, lv, reason, sec))
+    engine.start()
+    try:
+        # The profile also warms every level's code path.
+        model.profile = await measure_profile(model, s.profile_levels)
+        moved = await level.switch(initial_alpha(s, level), "startup")
+    except BaseException:
+        await model.close()
+        raise
+    if moved is None and model.tier2 is not None:
+        model.tier2.level_changed(level.current)  # the start-up level, unchanged by the switch
+    service.engine = engine  # accepting requests from here on
+    model.load_bytes = max(resident() - before, _tensor_bytes(net))
+    _publish(model)
+    return model
+
+
+def default_policy(s: Settings) -> OperatorPolicy:
+    return OperatorPolicy(
+        min_alpha=s.min_alpha, max_alpha=s.max_alpha, latency_target_s=s.latency_target_ms / 1e3
+    )
+
+
+def initial_alpha(s: Settings, level: LevelState) -> float:
+    alpha = level.calc.alpha_max if s.initial_alpha is None else s.initial_alpha
+    if s.max_alpha is not None:
+        alpha = min(alpha, s.max_alpha)
+    if s.min_alpha is not None:
+        alpha = max(alpha, s.min_alpha)
+    return level.calc.clamp(alpha)
+
+
+async def measure_profile(model: ServedModel, n: int) -> list[LevelPoint]:
+    """Forward latency at a grid of levels on this machine, plus the stored accuracy. Each
+    timed pass is its own job on the shared inference thread, so other models keep being
+    served in between while a new one is profiled."""
+    c, h, w = model.meta.input_size
+    x = torch.zeros(1, c, h, w)
+    acc = {round(r["alpha"], 4): r["accuracy"] for r in model.meta.accuracy}
+    points = []
+    for alpha in model.level.calc.grid(n):
+        level, _ = model.level.build(alpha)
+        seconds = await _median_forward(model, level, x)
+        points.append(LevelPoint(level.alpha, level.gamma, seconds, _nearest(acc, level.alpha)))
+    return points
+
+
+async def _median_forward(model: ServedModel, level: Level, x: torch.Tensor) -> float:
+    def once() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.net(x, level)
+        return time.perf_counter() - t0
+
+    await model.engine.run_sync(once)  # untimed warm-up
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 30 and (len(times) < 3 or time.perf_counter() - start < PROFILE_BUDGET_S):
+        seconds = await model.engine.run_sync(once)
+        assert isinstance(seconds, float)
+        times.append(seconds)
+    return statistics.median(times)
+
+
+def _nearest(acc: dict[float, float], alpha: float) -> float | None:
+    if not acc:
+        return None
+    key = min(acc, key=lambda a: abs(a - alpha))
+    return acc[key] if abs(key - alpha) < 0.05 else None
+
+
+def _tensor_bytes(net: SubspaceNet) -> int:
+    return sum(t.numel() * t.element_size() for t in net.state_dict().values())
+
+
+def _tier2(
+    net: SubspaceNet, meta: Metadata, level: LevelState, shared: Shared, metrics: ModelMetrics
+) -> Tier2 | None:
+    if shared.exporter is None:
+        return None
+    s = shared.settings
+    c, h, w = meta.input_size
+    return Tier2(
+        net,
+        (c, h, w),
+        s.tier2_threads or shared.threads,
+        metrics,  # type: ignore[arg-type]  # the model's view has the same metric names
+        lambda: level.current,
+        settle_s=s.tier2_settle_s,
+        budget_bytes=int(s.tier2_cache_mb * 2**20),
+        tolerance=s.tier2_tolerance,
+        exporter=shared.exporter,
+        spin=s.tier2_spin,
+    )
+
+
+def _on_switch(model: ServedModel, level: Level, reason: str, seconds: float) -> None:
+    """readings → level → recompress → swap: the metrics and tier 2 after each swap."""
+    m = model.metrics
+    m.recompress.observe(seconds)
+    m.level_changes.labels(reason).inc()
+    m.alpha.set(level.alpha)
+    m.gamma.set(level.gamma)
+    if model.tier2 is not None:
+        model.tier2.level_changed(level)
+
+
+def _on_batch(metrics: ModelMetrics, size: int, seconds: float, tier: str) -> None:
+    metrics.batch_size.observe(size)
+    metrics.inference.labels(tier).observe(seconds)
+
+
+def _publish(model: ServedModel) -> None:
+    m, meta, level = model.metrics, model.meta, model.level.current
+    m.alpha.set(level.alpha)
+    m.gamma.set(level.gamma)
+    m.resident.set(model.resident_bytes)
+    m.info.labels(
+        str(model.version), meta.arch, meta.family, meta.kind, model.checksum[:16], meta.dataset
+    ).set(1)
