@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 from models import checkpoint
 from server import daemon
 from server.errors import DeadlineExceeded, QueueFull, ServingError, TooMany
+from server.grpc_server import start_grpc
 from server.middleware import BodyLimit, RequestLog
 from server.preprocess import ImageError
 from server.routes import health, level, predict, v2
@@ -33,8 +34,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         d = await daemon.start(settings, app.state.metrics)
         app.state.daemon = app.state.runtime = d  # runtime: the name main.py's drain reads
         try:
+            # gRPC on this same loop, sharing the daemon's models (SIGTERM: draining refuses
+            # new calls there too; calls in flight finish within the grace).
+            grpc = await start_grpc(d, settings.grpc_port)
+        except BaseException:
+            await daemon.stop(d)
+            raise
+        try:
             yield
         finally:
+            if grpc is not None:
+                await grpc.stop(settings.drain_timeout_s)
             await daemon.stop(d)
 
     app = FastAPI(

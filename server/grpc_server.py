@@ -95,6 +95,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         async def run() -> Any:
+            indexed = {r["name"] for r in self.daemon.models.index()}
+            if request.name and request.name in indexed - set(self.daemon.models.names()):
+                return pb.ModelReadyResponse(ready=False)  # in the repository, not loaded
             self._model(request.name, request.version)
             return pb.ModelReadyResponse(ready=_ready(self.daemon))
 

@@ -19,6 +19,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535)  # OIP v2 over gRPC on the same host; 0: off
     # Models: NAME=PATH pairs (LCS_MODEL="a=x.safetensors,b=y.safetensors") and/or a model
     # repository whose every *.safetensors file is a model named by its stem. With neither,
     # the bundled default model is served as "digits". `checkpoint` serves one file under
@@ -110,6 +111,7 @@ class Settings(BaseSettings):
 CLI_OPTIONS = {
     "host": str,
     "port": int,
+    "grpc_port": int,
     "checkpoint": str,
     "model_repository": str,
     "default_model": str,

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import torch
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi import Path as PathParam
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from server.inference import Hints, Result
+from server import oip
+from server.grpc_server import run_call
 from server.routes.deps import DaemonDep, OperatorDep, ReadyDep
 from server.served import ServedModel
 
@@ -21,21 +22,68 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], strict_con
 log = logging.getLogger("lcs.server")
 # The bundled model's name, as the schema's example (clients and fuzzers start from it).
 ModelName = Annotated[str, PathParam(examples=["digits"], max_length=64)]
-VERSION = "0.2.0"
-EXTENSIONS = ["model_repository"]
 
-
-class InferInput(BaseModel):
-    name: str
-    shape: list[int] = Field(min_length=1, max_length=8)
-    datatype: Literal["FP32", "BYTES"]
-    data: list[Any] = Field(max_length=10_000_000)
-
-
-class InferRequest(BaseModel):
-    id: str | None = None
-    inputs: list[InferInput] = Field(min_length=1, max_length=1)
-    parameters: dict[str, Any] = {}
+# The request body, for the schema only: the route reads the raw bytes itself, since Triton's
+# binary tensor extension puts tensors after the JSON and tritonclient sends no content type.
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string", "maxLength": oip.MAX_ID_CHARS},
+                        "parameters": {"type": "object"},
+                        "inputs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "shape", "datatype"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "datatype": {"type": "string", "enum": list(oip.DATATYPES)},
+                                    "parameters": {"type": "object"},
+                                    "data": {"type": "array"},
+                                },
+                            },
+                        },
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string", "enum": list(oip.OUTPUTS)},
+                                    "parameters": {"type": "object"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "example": {
+                    "id": "1",
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "datatype": "FP32",
+                            "shape": [1, 1, 28, 28],
+                            "data": [0.0] * 784,
+                        }
+                    ],
+                },
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    s: {} for s in (400, 404, 413, 422, 429, 503, 504)
+}
 
 
 class RepositoryIndexRequest(BaseModel):
@@ -48,7 +96,7 @@ class LoadRequest(BaseModel):
 
 @router.get("")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "lcs-serve", "version": VERSION, "extensions": EXTENSIONS}
+    return {"name": oip.SERVER_NAME, "version": oip.SERVER_VERSION, "extensions": oip.EXTENSIONS}
 
 
 @router.get("/health/live")
@@ -76,24 +124,18 @@ async def model_ready(name: ModelName, d: ReadyDep) -> dict[str, Any]:
     return {"name": d.registry.get(name).name, "ready": True}
 
 
-@router.post(
-    "/models/{name}/infer",
-    responses={s: {} for s in (400, 404, 413, 422, 429, 503, 504)},
-)
-async def model_infer(
-    request: Request, name: ModelName, body: InferRequest, d: ReadyDep
-) -> dict[str, Any]:
-    return await _infer(request, d, d.registry.get(name).name, body)
+@router.post("/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
+async def model_infer(request: Request, name: ModelName, d: ReadyDep) -> Response:
+    return await _infer(request, d, d.registry.get(name))
 
 
 @router.post(
-    "/models/{name}/versions/{version}/infer",
-    responses={s: {} for s in (400, 404, 413, 422, 429, 503, 504)},
+    "/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES
 )
 async def model_version_infer(
-    request: Request, name: ModelName, version: str, body: InferRequest, d: ReadyDep
-) -> dict[str, Any]:
-    return await _infer(request, d, _versioned(d, name, version).name, body)
+    request: Request, name: ModelName, version: str, d: ReadyDep
+) -> Response:
+    return await _infer(request, d, _versioned(d, name, version))
 
 
 @router.post("/repository/index")
@@ -134,14 +176,7 @@ async def repository_unload(
 def metadata(model: ServedModel) -> dict[str, Any]:
     meta = model.meta
     return {
-        "name": model.name,
-        "versions": [str(model.version)],
-        "platform": "pytorch",
-        "inputs": [
-            {"name": "input", "datatype": "FP32", "shape": [-1, *meta.input_size]},
-            {"name": "image", "datatype": "BYTES", "shape": [-1]},
-        ],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, meta.num_classes]}],
+        **oip.model_metadata(model.name, str(model.version), meta.input_size, meta.num_classes),
         "parameters": {
             **model.level.current.describe(),
             "arch": meta.arch,
@@ -161,82 +196,40 @@ def _versioned(d: DaemonDep, name: str, version: str) -> ServedModel:
     return model
 
 
-async def _infer(request: Request, d: DaemonDep, name: str, body: InferRequest) -> dict[str, Any]:
+async def _infer(request: Request, d: DaemonDep, model: ServedModel) -> Response:
+    """body bytes → InferCall (off the loop when large) → the model's InferenceService → body."""
     received, deadline = time.perf_counter(), d.deadline()
-    inp = body.inputs[0]
-    if not inp.data:
-        raise HTTPException(422, "the input holds no data")
-    hints = Hints(
-        _number(body.parameters, "min_accuracy"), _number(body.parameters, "max_latency_ms")
-    )
-    model = d.registry.get(name)
     request.state.model = model.name
-    if inp.datatype == "BYTES":
-        images = [_base64(i, item) for i, item in enumerate(inp.data)]
-        results = await model.service.predict_images(images, hints, deadline, received)
-    else:
-        x = _tensor(model, inp)
-        results = await model.service.predict_tensor(x, hints, deadline, received)
+    body = await request.body()
+    limits = oip.Limits(tuple(model.meta.input_size), d.settings.max_batch_images)
+    length = request.headers.get(oip.HEADER_LENGTH)
+    try:
+        if len(body) >= oip.OFFLOAD_BYTES:
+            call = await asyncio.get_running_loop().run_in_executor(
+                d.decode_pool, oip.parse_http, body, length, limits, model.name
+            )
+        else:
+            call = oip.parse_http(body, length, limits, model.name)
+    except oip.OIPError as e:
+        raise HTTPException(e.status, e.message) from None
+    results = await run_call(model, call, deadline, received)
     request.state.level = results[-1].level
-    return _response(model, body, results)
-
-
-def _number(params: dict[str, Any], key: str) -> float | None:
-    v = params.get(key)
-    if v is None:
-        return None
-    if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-        raise HTTPException(422, f"parameters.{key} must be a finite number")
-    return float(v)
-
-
-def _base64(i: int, item: Any) -> bytes:
-    import base64
-    import binascii
-
-    try:
-        return base64.b64decode(str(item), validate=True)
-    except (binascii.Error, ValueError):
-        raise HTTPException(400, f"input {i} is not base64-encoded image bytes") from None
-
-
-def _tensor(model: ServedModel, inp: InferInput) -> torch.Tensor:
-    want = list(model.meta.input_size)
-    if len(inp.shape) != 4 or inp.shape[1:] != want or inp.shape[0] < 1:
-        raise HTTPException(422, f"FP32 input must have shape [N, {', '.join(map(str, want))}]")
-    if len(inp.data) != math.prod(inp.shape):
-        raise HTTPException(
-            422,
-            f"data holds {len(inp.data)} values; shape {inp.shape} needs {math.prod(inp.shape)}",
-        )
-    try:
-        x = torch.tensor(inp.data, dtype=torch.float32).view(inp.shape)
-    except (TypeError, ValueError, OverflowError, RuntimeError):
-        raise HTTPException(422, "FP32 data must be a flat list of numbers") from None
-    if not torch.isfinite(x).all():
-        raise HTTPException(422, "FP32 data must be finite")
-    return x
-
-
-def _response(model: ServedModel, body: InferRequest, results: list[Result]) -> dict[str, Any]:
-    probs = torch.stack([r.probabilities for r in results])
-    return {
-        "model_name": model.name,
-        "model_version": str(model.version),
-        "id": body.id or "",
-        "parameters": {
-            **results[-1].level.describe(),
-            "tier": results[-1].tier,
-            "levels_used": len({r.level.alpha for r in results}),
-            "tiers_used": sorted({r.tier for r in results}),
-            "checksum": model.checksum[:16],
-        },
-        "outputs": [
-            {
-                "name": "probabilities",
-                "datatype": "FP32",
-                "shape": list(probs.shape),
-                "data": probs.flatten().tolist(),
-            }
-        ],
+    probs = torch.stack([r.probabilities for r in results]).to(torch.float32).numpy()
+    params = {
+        **oip.response_parameters([r.level for r in results], [r.tier for r in results]),
+        "checksum": model.checksum[:16],
     }
+    content, headers = oip.encode_http(
+        model.name,
+        str(model.version),
+        call.request_id or _request_id(request),
+        params,
+        oip.outputs_for(call, probs, model.meta.class_names),
+    )
+    return Response(content, headers=headers)
+
+
+def _request_id(request: Request) -> str:
+    """The X-Request-ID the middleware accepted or made, else the header if it is safe."""
+    rid = getattr(request.state, "request_id", None) or request.headers.get("x-request-id", "")
+    return rid if len(rid) <= oip.MAX_ID_CHARS and oip.safe_id(rid) else ""

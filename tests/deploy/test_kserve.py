@@ -123,8 +123,7 @@ def test_runtime_serves_oip_v2_on_http_and_grpc_with_the_token_from_the_secret()
     p = argparse.ArgumentParser()
     add_arguments(p)
     flags = {a for action in p._actions for a in action.option_strings}
-    # TODO(issue 17 wiring): drop the exemption once Settings has grpc_port and its CLI flag
-    assert {a for a in args if a.startswith("--")} - {"--grpc-port"} <= flags
+    assert {a for a in args if a.startswith("--")} <= flags
 
 
 def test_kustomize_renders_all_three():

@@ -20,6 +20,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from server import grpc_server
+from server.inference import Hints
 from server.protocol import inference_pb2 as pb
 from server.protocol import inference_pb2_grpc as pb_grpc
 from tests.helpers import free_port
@@ -120,9 +121,6 @@ def fake_daemon() -> SimpleNamespace:
 @pytest.fixture(scope="module")
 def served():
     """One gRPC server on its own loop thread (as uvicorn's loop hosts it in the daemon)."""
-    mp = pytest.MonkeyPatch()
-    # The core's Hints arrive with the serving core; the fake service records what it gets.
-    mp.setattr(grpc_server, "make_hints", lambda c: (c.min_accuracy, c.max_latency_ms))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -141,7 +139,6 @@ def served():
     asyncio.run_coroutine_threadsafe(handle.stop(1.0), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
-    mp.undo()
 
 
 def infer_request(arr: np.ndarray, datatype: str, raw: bool = True, **kw) -> pb.ModelInferRequest:
@@ -194,6 +191,10 @@ def test_health_and_metadata(served):
     assert code_of(s.ModelMetadata, pb.ModelMetadataRequest(name="nope"))[0] == (
         grpc.StatusCode.NOT_FOUND
     )
+    assert not s.ModelReady(pb.ModelReadyRequest(name="old")).ready  # indexed, unloaded
+    assert code_of(s.ModelReady, pb.ModelReadyRequest(name="nope"))[0] == (
+        grpc.StatusCode.NOT_FOUND
+    )
     got = code_of(s.ModelReady, pb.ModelReadyRequest(name="digits", version="9"))
     assert got[0] == grpc.StatusCode.NOT_FOUND and "version" in got[1]
 
@@ -231,7 +232,7 @@ def test_infer_tensors(served, datatype, raw):
     labels = as_numpy(resp, 1)
     assert labels.shape == (5, 2)
     assert [int(v.split(b":")[1]) for v in labels[:, 0]] == want.argmax(1).tolist()
-    assert served.service.seen_hints[-1] == (0.9, None)
+    assert served.service.seen_hints[-1] == Hints(min_accuracy=0.9, max_latency_ms=None)
 
 
 def test_infer_images_and_request_id_from_metadata(served):
