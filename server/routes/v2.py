@@ -82,7 +82,7 @@ INFER_BODY = {
     }
 }
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
-    s: {} for s in (400, 404, 413, 422, 429, 503, 504)
+    s: {} for s in (400, 404, 413, 415, 422, 429, 503, 504)
 }
 
 
