@@ -405,3 +405,75 @@ def test_one_access_log_line_per_call_with_its_status(served, caplog):
             time.sleep(0.01)
     got = [(r.path.rsplit("/", 1)[1], r.status, getattr(r, "model", "")) for r in lines]
     assert got == [("ModelInfer", "OK", "digits"), ("ModelMetadata", "NOT_FOUND", "")]
+
+
+# ---- the real daemon over gRPC while the level moves every 2 ms
+
+GRPC_REQUESTS = 400
+
+
+async def switching_scenario() -> tuple[list[tuple[int, float, np.ndarray]], int]:
+    from server import daemon as serving
+    from server.app import create_app
+    from server.settings import Settings
+    from tests.helpers import digits
+
+    settings = Settings(controller_enabled=False, tier2_enabled=False, torch_threads=1)
+    app = create_app(settings)
+    d = await serving.start(settings, app.state.metrics)
+    handle = await grpc_server.start_grpc(d, free_port())
+    model = d.registry.get()
+    arrs, _ = digits(16)
+    grid = model.level.calc.grid(7)
+    stop = asyncio.Event()
+    moves = 0
+
+    async def controller_moves() -> None:  # what the controller does on a decision
+        nonlocal moves
+        rng = np.random.default_rng(0)
+        while not stop.is_set():
+            d._on_level(model, float(rng.choice(grid)), "test")
+            moves += 1
+            await asyncio.sleep(0.002)
+
+    mover = asyncio.create_task(controller_moves())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        sem = asyncio.Semaphore(32)
+
+        async def one(i: int) -> tuple[int, float, np.ndarray]:
+            j = i % len(arrs)
+            req = infer_request(arrs[j].reshape(1, 1, 28, 28), "UINT8")
+            async with sem:
+                resp = await stub.ModelInfer(req)
+            return j, resp.parameters["alpha"].double_param, as_numpy(resp, 0)[0]
+
+        results = await asyncio.gather(*(one(i) for i in range(GRPC_REQUESTS)))
+    stop.set()
+    await mover
+    await handle.stop(1.0)
+    await serving.stop(d)
+    return list(results), moves
+
+
+def test_grpc_reports_the_level_that_computed_each_output():
+    from models import LevelCompressor, checkpoint
+    from tests.helpers import digits
+
+    results, moves = asyncio.run(switching_scenario())
+    arrs, _ = digits(16)
+    net, meta, _ = checkpoint.load()
+    levels = LevelCompressor(net, cache=True)
+    refs: dict[tuple[int, float], np.ndarray] = {}
+    worst = 0.0
+    for j, alpha, probs in results:
+        if (j, alpha) not in refs:
+            x = (torch.from_numpy(arrs[j]).float().view(1, 1, 28, 28) / 255 - meta.mean[0]) / (
+                meta.std[0]
+            )
+            with torch.inference_mode():
+                refs[(j, alpha)] = torch.softmax(net(x, levels(alpha)), 1)[0].numpy()
+        worst = max(worst, float(np.abs(refs[(j, alpha)] - probs).max()))
+    assert len(results) == GRPC_REQUESTS and moves > 20
+    assert len({a for _, a, _ in results}) >= 4
+    assert worst < 1e-4
