@@ -325,3 +325,20 @@ def test_oversized_grpc_message_is_refused_cleanly(srv):
             stub.ModelInfer(req)
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert stub.ServerLive(pb.ServerLiveRequest()).live
+
+
+def test_grpc_calls_are_counted_like_http_requests(srv):
+    text = httpx.get(f"{srv.url}/metrics", timeout=10).text
+    line = next(
+        (
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("lcs_requests_total{")
+            and 'endpoint="/inference.GRPCInferenceService/ModelInfer"' in ln
+            and 'model="digits"' in ln
+            and 'status="OK"' in ln
+        ),
+        None,
+    )
+    assert line is not None, "no gRPC ModelInfer series"
+    assert float(line.rsplit(" ", 1)[1]) >= 6  # the subprocess's and KServe's calls at least

@@ -231,3 +231,44 @@ def test_bytes_roundtrip_and_metadata():
     assert oip.split_bytes(oip.join_bytes(items), "x") == items
     meta = oip.model_metadata("digits", "3", [1, 28, 28], 10)
     assert meta["inputs"][0]["shape"] == [-1, 1, 28, 28] and meta["versions"] == ["3"]
+
+
+def test_large_json_is_parsed_off_the_event_loop_by_the_real_app(monkeypatch):
+    """64×1×28×28 FP32 as JSON (~1 MB) through POST /v2/models/digits/infer: parsed on the
+    decode pool, answered with the model's own probabilities."""
+    import threading
+
+    import torch
+    from fastapi.testclient import TestClient
+
+    from models import LevelCompressor, checkpoint
+    from server.app import create_app
+    from server.settings import Settings
+
+    threads: list[str] = []
+    real = oip.parse_http
+
+    def spy(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(oip, "parse_http", spy)
+    settings = Settings(controller_enabled=False, tier2_enabled=False, torch_threads=1)
+    x = np.random.default_rng(5).standard_normal((64, 1, 28, 28)).astype(np.float32)
+    json_out = [httpclient.InferRequestedOutput("probabilities", binary_data=False)]
+    with TestClient(create_app(settings)) as c:
+        answers = []
+        for arr in (x, x[:1]):
+            r = c.post(
+                "/v2/models/digits/infer", content=triton_body(arr, "FP32", False, json_out)[0]
+            )
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+    assert threads[0].startswith("lcs-decode") and not threads[1].startswith("lcs-decode")
+    body = answers[0]
+    net, _, _ = checkpoint.load()
+    level = LevelCompressor(net)(body["parameters"]["alpha"])
+    with torch.inference_mode():
+        ref = torch.softmax(net(torch.from_numpy(x), level), 1).numpy()
+    got = np.asarray(body["outputs"][0]["data"], np.float32).reshape(64, 10)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
