@@ -166,13 +166,27 @@ async def _form(request: Request, max_files: int) -> Any:
 
 
 async def decode(rt: Runtime, data: bytes) -> tuple[torch.Tensor, float]:
-    """Decode on the decode pool: never CPU work on the event loop."""
+    """Header check, then the decoded bytes reserved from the decode budget, then the decode on
+    the decode pool: never pixel work on the event loop."""
+    from server.admission import BudgetBusy, DecodeBudget, DecodeDeadline, decode_admitted
+
+    budget = getattr(rt, "decode_budget", None)
+    if budget is None:  # the serving core (issue 15) makes this at start-up
+        budget = DecodeBudget(rt.settings.decode_budget_bytes())
+        rt.decode_budget = budget  # type: ignore[attr-defined]
     t0 = time.perf_counter()
+    deadline = time.monotonic() + rt.settings.request_timeout_s
     try:
-        x = await asyncio.get_running_loop().run_in_executor(rt.decode_pool, rt.preprocess, data)
+        x = await decode_admitted(rt.decode_pool, rt.preprocess, budget, data, deadline)
     except ImageError as e:
         rt.metrics.rejected.labels("bad_image").inc()
         raise HTTPException(e.status, str(e)) from None
+    except BudgetBusy as e:
+        rt.metrics.rejected.labels("decode_budget").inc()
+        raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
+    except DecodeDeadline as e:
+        rt.metrics.rejected.labels("deadline").inc()
+        raise HTTPException(504, str(e)) from None
     return x, time.perf_counter() - t0
 
 
