@@ -134,7 +134,7 @@ class Preprocessor:
         want = 1 if self.channels == 1 else 4  # stored bytes of the L or RGB result
         stored = _STORAGE.get(mode, 4)
         if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            per_px = stored + 6  # float32 array, 8-bit array and its image (then freed)
+            per_px = 2 * stored + 6 + (want if want > 1 else 0)  # bytes, float32, 8-bit arrays
         elif mode in ("RGBA", "LA", "PA") or (mode == "P" and transparent):
             to_rgba = 0 if mode == "RGBA" else 4
             per_px = stored + to_rgba + 4 + (1 if want == 1 else 0)  # RGBA, flattened RGB
