@@ -11,14 +11,22 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import torch
 
 from server.preprocess import ImageError, Inspected, Preprocessor
 
 log = logging.getLogger("lcs.server")
+
+
+# Reading the header walks every marker/chunk before the pixels in Python: adversarial 8 MB
+# files took up to 2 s (a JPEG of tiny APP markers), so only bodies this small are inspected on
+# the event loop (≤ 4 ms worst case, measured; SECURITY.md), larger ones in the decode pool.
+INLINE_INSPECT_BYTES = 16 * 1024
+T = TypeVar("T")
 
 
 class BudgetBusy(Exception):
@@ -114,7 +122,10 @@ async def decode_admitted(
     """Header check → reserve the decoded bytes → decode in `pool` → release. Raises ImageError
     (400 not an image, 413 over the pixel cap or the whole budget, 415 not an allowed format),
     BudgetBusy (429: the budget stayed full until `deadline`), DecodeDeadline (504)."""
-    ins = preprocess.inspect(data)  # header only: measured well under 1 ms (SECURITY.md)
+    if len(data) <= INLINE_INSPECT_BYTES:
+        ins = preprocess.inspect(data)
+    else:
+        ins = await _wait(pool.submit(preprocess.inspect, data), deadline)
     nbytes = ins.cost_bytes
     await budget.acquire(nbytes, deadline)
     loop = asyncio.get_running_loop()
@@ -131,12 +142,17 @@ async def decode_admitted(
             loop.call_soon_threadsafe(budget.release, nbytes)
 
     cf.add_done_callback(done)
+    return await _wait(cf, deadline)
+
+
+async def _wait(cf: Future[T], deadline: float) -> T:
     try:
         return await asyncio.wait_for(
             asyncio.wrap_future(cf), max(0.0, deadline - time.monotonic())
         )
     except TimeoutError:
-        raise DecodeDeadline("no decoded image before the request's deadline") from None
+        cf.cancel()  # if it has not started, it never will
+        raise DecodeDeadline("the image was not decoded before the request's deadline") from None
 
 
 # Large decodes free big blocks; glibc keeps freed heap memory resident (the issue saw ~1 GB

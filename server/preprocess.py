@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 # The formats the API documents. Pillow opens 40+ more; some (ICO, ICNS, …) decode the whole
 # embedded image while *opening*, before any size check could run, so the format is decided
@@ -20,6 +20,11 @@ ALLOWED_TEXT = "JPEG, PNG, WebP, BMP or GIF"
 # MAX_IMAGE_PIXELS to its cap, and the warning Pillow gives between 1× and 2× of it is an error
 # (a process-wide filter: catch_warnings() is not thread-safe and decoding runs in a pool).
 warnings.simplefilter("error", Image.DecompressionBombWarning)
+# PNG text and ICC chunks are inflated while the header is read: a zTXt chunk of 1 KB inflates
+# to 1 MB, and Pillow allows 64 MB in all. Bounded so reading a header stays cheap (we never use
+# the text); an ICC profile over 256 KB or more text than 1 MB is a 400.
+PngImagePlugin.MAX_TEXT_CHUNK = 256 * 1024
+PngImagePlugin.MAX_TEXT_MEMORY = 1024 * 1024
 
 # Bytes per pixel of Pillow's storage for a mode (RGB is stored in 4 bytes, like RGBA).
 _STORAGE = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "LA": 4, "PA": 4}
