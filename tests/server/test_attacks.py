@@ -13,13 +13,15 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
 import pytest
+import torch
 from PIL import Image
 
-from server.admission import BudgetBusy, DecodeBudget
+from server.admission import INLINE_INSPECT_BYTES, BudgetBusy, DecodeBudget, decode_admitted
 from server.preprocess import ImageError, Preprocessor
 from tests.helpers import ROOT, digits, encode
 from tests.server.attack import connect, peak_rss, read_all, reset_peak, rss, server
@@ -225,6 +227,32 @@ def test_budget_is_fifo_refuses_the_oversized_and_gives_up_at_the_deadline():
                 await b.acquire(50, time.monotonic() + 0.05)
             assert busy.value.retry_after_s >= 1 and not b._waiters
         assert b.free == 100
+
+    asyncio.run(main())
+
+
+def test_decode_admitted_matches_the_preprocessor_and_returns_every_byte(digit):
+    pre = Preprocessor(1, 28, 28, (0.1,), (0.3,), 40_000_000)
+    big = png(Image.new("RGBA", (1000, 1000), (90, 90, 90, 200)))  # 9 MB to decode
+
+    async def main() -> None:
+        budget = DecodeBudget(64 * MiB)
+        with ThreadPoolExecutor(2) as pool:
+            soon = time.monotonic() + 10
+            for data in (digit, big):
+                x = await decode_admitted(pool, pre, budget, data, soon)
+                assert torch.equal(x, pre(data)) and budget.free == budget.total
+            wide = png(Image.new("L", (4000, 20)))
+            padded = wide[:-12] + b"\0" * 20_000 + wide[-12:]  # junk after IDAT: ignored
+            assert len(padded) > INLINE_INSPECT_BYTES
+            assert torch.equal(await decode_admitted(pool, pre, budget, padded, soon), pre(wide))
+            with pytest.raises(ImageError) as e:
+                await decode_admitted(pool, pre, DecodeBudget(4 * MiB), big, soon)
+            assert e.value.status == 413
+            async with budget.reserve(60 * MiB, soon):  # the budget is held: wait, then give up
+                with pytest.raises(BudgetBusy):
+                    await decode_admitted(pool, pre, budget, big, time.monotonic() + 0.05)
+            assert budget.free == budget.total and not budget._waiters
 
     asyncio.run(main())
 
