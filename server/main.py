@@ -63,7 +63,7 @@ class LimitedProtocol(HttpToolsProtocol):
     body timeouts → closed (408 once a request has begun); a connection cap that evicts the
     connection waiting longest without a request in progress; and a request cap with health
     endpoints exempt. h11 would give the header-size limit, but not the rest, at a measured
-    ~32 % less throughput on loopback (SECURITY.md), so the limits live here."""
+    20–30 % less throughput on loopback (SECURITY.md), so the limits live here."""
 
     limits: ClassVar[Limits]
 
