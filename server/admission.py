@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import logging
 import math
 import time
 from collections import deque
@@ -18,9 +17,6 @@ from typing import TypeVar
 import torch
 
 from server.preprocess import ImageError, Inspected, Preprocessor
-
-log = logging.getLogger("lcs.server")
-
 
 # Reading the header walks every marker/chunk before the pixels in Python: adversarial 8 MB
 # files took up to 2 s (a JPEG of tiny APP markers), so only bodies this small are inspected on
@@ -50,7 +46,7 @@ def default_budget_bytes() -> int:
 
     try:
         limit = memory_limit_bytes(locate())
-    except OSError:
+    except (OSError, ValueError):  # unreadable: as if there were no limit
         limit = None
     return limit // 4 if limit else 512 << 20
 
