@@ -304,6 +304,10 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         access_log=False,
         server_header=False,
+        # X-Forwarded-For is believed only from the proxies named here: otherwise any client
+        # on loopback could write what it likes as its address into the audit log.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
     server = DrainingServer(config, settings, app)
     server.run()

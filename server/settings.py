@@ -73,6 +73,8 @@ class Settings(BaseSettings):
         1e-3, gt=0
     )  # max |Δlogits| vs tier 1, relative to max(1, |logits|)
 
+    # Proxies whose X-Forwarded-For is trusted (uvicorn's forwarded_allow_ips); none by default.
+    forwarded_allow_ips: str = ""
     # Connection and decode limits (issue 20)
     # Bytes of images being decoded at once (decoded pixels and conversion copies, from the
     # header); unset: a quarter of the cgroup memory limit, else 512 (server/admission.py).

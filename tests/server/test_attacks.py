@@ -402,3 +402,63 @@ def test_many_idle_sockets_under_a_low_fd_limit_and_the_request_cap_spare_health
         while predict(s.url, digit, timeout=5).status_code != 200:
             assert time.monotonic() < deadline, "the request cap was never released"
             time.sleep(0.05)
+
+
+# --- consistent limits and the audit log ---------------------------------------------------
+
+
+def test_more_images_than_the_queue_can_hold_get_413_naming_the_limit_never_429(srv):
+    """64 is the queue and the per-request cap: 65 could never be served, so retrying a 429
+    (what main answered) would go on forever."""
+    shape = [65, 1, 28, 28]
+    body = {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32",
+                        "data": [0.0] * (65 * 784)}]}  # fmt: skip
+    r = httpx.post(srv.url + "/v2/models/digits/infer", json=body, timeout=30)
+    assert r.status_code == 413 and "64" in r.json()["error"]
+    body["inputs"][0]["shape"] = [64, 1, 28, 28]
+    body["inputs"][0]["data"] = [0.0] * (64 * 784)
+    r = httpx.post(srv.url + "/v2/models/digits/infer", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("value", ["1" + "0" * 400, "1e999", "NaN", "-Infinity"])
+def test_numbers_that_do_not_fit_get_422(srv, value):
+    data = ", ".join(["0.5"] * 783 + [value])
+    text = '{"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", '
+    text += f'"data": [{data}]}}]}}'
+    r = httpx.post(
+        srv.url + "/v2/models/digits/infer",
+        content=text,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 422, r.text
+    assert "Traceback" not in srv.output()
+
+
+def test_the_audit_log_names_the_socket_peer_not_what_the_client_claims(srv):
+    forged = "token:<script>evil"
+    r = httpx.put(
+        srv.url + "/level",
+        json={"mode": "auto", "reason": "audit test"},
+        headers={"X-Forwarded-For": forged},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text  # no token configured: loopback is the operator
+    lines = [json.loads(x) for x in srv.output().splitlines() if x.startswith("{")]
+    audit = [x for x in lines if x.get("message") == "operator policy"]
+    assert audit and audit[-1]["who"] == "loopback:127.0.0.1"
+    assert "evil" not in srv.output()
+
+
+def test_get_level_without_a_token_omits_the_operators_address_and_reason(tmp_path):
+    env = {**ATTACK_ENV, "LCS_OPERATOR_TOKEN": "audit-token"}
+    with server(env) as s:
+        auth = {"Authorization": "Bearer audit-token"}
+        r = httpx.put(s.url + "/level", json={"mode": "auto", "reason": "night shift"},
+                      headers=auth, timeout=30)  # fmt: skip
+        assert r.status_code == 200
+        public = httpx.get(s.url + "/level", timeout=30).json()["policy"]
+        private = httpx.get(s.url + "/level", headers=auth, timeout=30).json()["policy"]
+    assert public["set_by"] == "token" and "reason" not in public
+    assert private["set_by"] == "token:127.0.0.1" and private["reason"] == "night shift"
