@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     r = asyncio.run(run(args.seconds, args.interval))
     print(
-        f"controller, {MODELS} models, at {r['interval_s']} s: one iteration {r['step_median_ms']:.3f} ms; "
+        f"controller, {MODELS} models, at {r['interval_s']} s: "
+        f"one iteration {r['step_median_ms']:.3f} ms; "
         f"{r['cpu_s']:.3f} s CPU in {r['wall_s']:.1f} s = {100 * r['core_share']:.2f} % of a core"
     )
     save("controller_overhead", r)

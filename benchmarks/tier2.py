@@ -1,4 +1,4 @@
-"""Tier 2 (ONNX ServedModel) against tier 1 (PyTorch) and a stand-alone ORT session, batch 1."""
+"""Tier 2 (ONNX Runtime) against tier 1 (PyTorch) and a stand-alone ORT session, batch 1."""
 
 from __future__ import annotations
 

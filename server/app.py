@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from models import checkpoint
 from server import daemon
+from server.admission import BudgetBusy, DecodeDeadline
 from server.errors import DeadlineExceeded, QueueFull, ServingError, TooMany
 from server.grpc_server import start_grpc
 from server.middleware import BodyLimit, RequestLog
@@ -82,7 +83,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": str(e.detail)}, e.status_code, headers=e.headers)
 
     rejected = app.state.metrics.rejected
-    reasons = {QueueFull: "queue_full", DeadlineExceeded: "deadline", TooMany: "too_many"}
+    reasons = {
+        QueueFull: "queue_full",
+        DeadlineExceeded: "deadline",
+        DecodeDeadline: "deadline",
+        TooMany: "too_many",
+        BudgetBusy: "decode_budget",
+    }
 
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, e: ServingError) -> JSONResponse:

@@ -15,6 +15,7 @@ import torch
 from controller.loop import Controller, Plant
 from controller.policy import Decision, Profile
 from controller.readings import Readings
+from server.admission import DecodeBudget
 from server.engine import inference_executor
 from server.exporter import Exporter
 from server.metrics import Metrics
@@ -120,6 +121,7 @@ async def start(settings: Settings, metrics: Metrics) -> Daemon:
         threads,
         inference_executor(threads),
         ThreadPoolExecutor(2, thread_name_prefix="lcs-decode"),
+        DecodeBudget(settings.decode_budget_bytes()),
         Exporter(settings.tier2_exporter_idle_s) if settings.tier2_enabled else None,
     )
     registry = ModelRegistry(

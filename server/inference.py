@@ -13,6 +13,7 @@ import torch
 
 from controller.readings import ModelFeedback
 from models import Level, SubspaceNet
+from server.admission import DecodeBudget, decode_admitted
 from server.engine import Engine, Result
 from server.errors import DeadlineExceeded, HintError, NotReady, TooMany
 from server.levels import LevelState
@@ -48,13 +49,15 @@ class InferenceService:
         level: LevelState,
         preprocess: Preprocessor,
         decode_pool: Executor,
+        budget: DecodeBudget,
         metrics: ModelMetrics,
         *,
         max_images: int,
         tier2: Tier2 | None = None,
     ) -> None:
         self.net, self.level, self.preprocess = net, level, preprocess
-        self.decode_pool, self.metrics, self.tier2 = decode_pool, metrics, tier2
+        self.decode_pool, self.budget = decode_pool, budget
+        self.metrics, self.tier2 = metrics, tier2
         self.max_images = max_images
         self.engine: Engine | None = None  # set by the model's start-up, which owns the engine
         self.in_flight = 0
@@ -72,7 +75,9 @@ class InferenceService:
         self.in_flight += 1
         try:
             start = time.perf_counter()
-            xs = await self._within(deadline, asyncio.gather(*(self._decode(d) for d in images)))
+            xs = await self._within(
+                deadline, asyncio.gather(*(self._decode(d, deadline) for d in images))
+            )
             decode_s = time.perf_counter() - start
             results = await self._infer(xs, deadline)
             return self._done([replace(r, decode_s=decode_s) for r in results], received)
@@ -111,12 +116,11 @@ class InferenceService:
         if hints.any:
             raise HintError("per-request min_accuracy / max_latency_ms are not supported yet")
 
-    async def _decode(self, data: bytes) -> torch.Tensor:
-        """One image in the decode pool (never on the event loop): per-image tasks, so one
-        request of many large images cannot hold the pool for everyone else."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool, self.preprocess, data
-        )
+    async def _decode(self, data: bytes, deadline: float) -> torch.Tensor:
+        """One image: header check, its decoded bytes reserved from the daemon's decode budget,
+        then decoded in the pool (never on the event loop). Per-image tasks, so one request of
+        many large images cannot hold the pool for everyone else."""
+        return await decode_admitted(self.decode_pool, self.preprocess, self.budget, data, deadline)
 
     async def _infer(self, xs: list[torch.Tensor], deadline: float) -> list[Result]:
         assert self.engine is not None

@@ -1,10 +1,12 @@
-"""ASGI middleware: the body-size cap enforced while reading, and one JSON log line per request."""
+"""ASGI middleware: the body-size cap enforced while reading; request IDs; one log line each."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,7 +21,9 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimit:
-    """413 as soon as a body exceeds `max_bytes`: by Content-Length, or while streaming."""
+    """413 as soon as a body exceeds `max_bytes`: by Content-Length, or while streaming. A route
+    that catches the error while parsing (FastAPI's JSON body turns it into a 400) still gets
+    413: once the cap is crossed, whatever the app answers is replaced."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -31,18 +35,26 @@ class BodyLimit:
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await _too_large(send, self.max_bytes)
         seen = 0
-        started = False
+        started = exceeded = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
+            if exceeded:
+                raise BodyTooLarge
             msg = await receive()
             seen += len(msg.get("body", b""))
             if seen > self.max_bytes:
+                exceeded = True
                 raise BodyTooLarge
             return msg
 
         async def tracking(msg: Message) -> None:
             nonlocal started
+            if exceeded:
+                if not started and msg["type"] == "http.response.start":
+                    started = True
+                    await _too_large(send, self.max_bytes)
+                return  # the app's own answer to the cut-off body is dropped
             started = started or msg["type"] == "http.response.start"
             await send(msg)
 
@@ -65,8 +77,24 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(scope: Scope) -> str:
+    """The client's X-Request-ID if it is short and plain (it reaches logs), else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if REQUEST_ID.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
 class RequestLog:
-    """Counts, times and logs every request: method, path, status, latency, level."""
+    """Counts, times and logs every request: method, path, status, latency, level, request ID.
+    Outermost, so the X-Request-ID it echoes is on every answer, the inner middleware's 413s
+    and the 500 it writes itself for an unhandled error (no traceback reaches the client)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -76,15 +104,25 @@ class RequestLog:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = 500
+        started = False
+        rid = request_id(scope)
+        scope.setdefault("state", {})["request_id"] = rid
+        rid_header = (b"x-request-id", rid.encode())
 
         async def capture(msg: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if msg["type"] == "http.response.start":
-                status = msg["status"]
+                status, started = msg["status"], True
+                headers = [h for h in msg.get("headers", []) if h[0].lower() != b"x-request-id"]
+                msg = {**msg, "headers": [*headers, rid_header]}
             await send(msg)
 
         try:
             await self.app(scope, receive, capture)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": rid})
+            if not started:
+                await _internal_error(capture)
         finally:
             seconds = time.perf_counter() - start
             route = scope.get("route")
@@ -98,6 +136,7 @@ class RequestLog:
                 "path": scope["path"],
                 "status": status,
                 "latency_ms": round(seconds * 1e3, 3),
+                "request_id": rid,
             }
             if model:
                 extra["model"] = model
@@ -105,3 +144,15 @@ class RequestLog:
             if level is not None:
                 extra["alpha"], extra["gamma"] = level.alpha, level.gamma
             log.info("request", extra=extra)
+
+
+async def _internal_error(send: Send) -> None:
+    body = json.dumps({"error": "internal error"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

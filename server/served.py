@@ -17,6 +17,7 @@ import torch
 from controller.policy import LevelPoint, OperatorPolicy
 from models import Level, SubspaceNet, checkpoint
 from models.checkpoint import Metadata
+from server.admission import DecodeBudget
 from server.engine import Engine
 from server.exporter import Exporter
 from server.inference import InferenceService
@@ -40,6 +41,7 @@ class Shared:
     threads: int  # torch intra-op threads (from the CPU quota)
     inference: ThreadPoolExecutor  # the one inference thread
     decode_pool: ThreadPoolExecutor
+    decode_budget: DecodeBudget  # bytes of images being decoded at once, across models
     exporter: Exporter | None  # tier 2's export process, shared; None when tier 2 is off
 
 
@@ -98,6 +100,7 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
         level,
         Preprocessor(c, h, w, tuple(meta.mean), tuple(meta.std), s.max_pixels),
         shared.decode_pool,
+        shared.decode_budget,
         metrics,
         # The queue must be able to hold a whole request, or it could never be served.
         max_images=min(s.max_batch_images, s.max_queue),

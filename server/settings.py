@@ -74,6 +74,33 @@ class Settings(BaseSettings):
         1e-3, gt=0
     )  # max |Δlogits| vs tier 1, relative to max(1, |logits|)
 
+    # Proxies whose X-Forwarded-For is trusted (uvicorn's forwarded_allow_ips); none by default.
+    forwarded_allow_ips: str = ""
+    # Connection and decode limits (issue 20)
+    # Bytes of images being decoded at once (decoded pixels and conversion copies, from the
+    # header); unset: a quarter of the cgroup memory limit, else 512 (server/admission.py).
+    decode_budget_mb: float | None = Field(None, gt=0)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line + headers → 431
+    max_headers: int = Field(100, ge=4)  # header lines → 431
+    idle_timeout_s: float = Field(10.0, gt=0)  # a new connection sends nothing → closed
+    header_timeout_s: float = Field(10.0, gt=0)  # first byte → end of headers, else 408
+    # headers → whole body; 8 MiB at 2.5 Mbit/s fits, a client trickling bytes does not → 408
+    body_timeout_s: float = Field(30.0, gt=0)
+    keep_alive_s: int = Field(5, ge=1)  # between requests on one connection (uvicorn's)
+    # Open connections; unset: the file-descriptor limit (raised to its hard limit at start)
+    # minus a reserve for model files, the exporter's pipes and logs. At the cap the connection
+    # idle longest is closed to make room, so a flood of idle sockets cannot lock anyone out.
+    max_connections: int | None = Field(None, ge=8)
+    # Requests in progress; over it → 503 + Retry-After, except the health endpoints.
+    max_concurrent_requests: int = Field(512, ge=1)
+
+    def decode_budget_bytes(self) -> int:
+        from server.admission import default_budget_bytes
+
+        if self.decode_budget_mb is None:
+            return default_budget_bytes()
+        return int(self.decode_budget_mb * 2**20)
+
     @field_validator("model", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:

@@ -36,6 +36,34 @@ def bomb_png(side: int = 100_000) -> bytes:
     )
 
 
+def ico_wrapping(png: bytes) -> bytes:
+    """An ICO whose one entry is `png`: Pillow's ICO opener decodes the PNG while opening."""
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+def zeros_png(side: int = 40_000) -> bytes:
+    """A complete, valid side×side greyscale PNG of zeros, ~1.5 MB at side 40 000 (1.6 Gpx),
+    built in milliseconds: one deflate block of rows, flushed so it stands alone, repeated."""
+    row = b"\x00" * (1 + side)  # filter byte + pixels
+    rows_per_block = 400
+    comp = zlib.compressobj(9)
+    first = comp.compress(row * rows_per_block) + comp.flush(zlib.Z_FULL_FLUSH)  # + zlib header
+    block = comp.compress(row * rows_per_block) + comp.flush(zlib.Z_FULL_FLUSH)
+    n, rest = divmod(side, rows_per_block)
+    tail = comp.compress(row * rest) + comp.flush()
+    adler = (((1 + side) * side % 65521) << 16) | 1  # adler32 of zeros: a stays 1, b counts
+    data = first + block * (n - 1) + tail[:-4] + struct.pack(">I", adler)
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", data)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
 def corpus() -> list[Case]:
     rng = np.random.default_rng(0)
     digit = (rng.random((28, 28)) * 255).astype(np.uint8)
@@ -74,4 +102,6 @@ def corpus() -> list[Case]:
         ("bmp", _save(grey, "BMP"), "image/bmp", "ok"),
         ("polyglot-png-zip", png + b"PK\x03\x04" + b"\x00" * 64, "image/png", "ok"),
         ("html-as-image", b"<html><script>alert(1)</script></html>", "image/png", 400),
+        ("tiff", _save(grey, "TIFF"), "image/tiff", 415),
+        ("ico-wrapping-png-bomb", ico_wrapping(bomb_png(40_000)), "image/x-icon", 415),
     ]

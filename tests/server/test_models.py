@@ -208,7 +208,7 @@ def test_a_load_over_the_memory_budget_is_refused_and_nothing_is_disturbed(clien
 def test_settings_name_the_models_and_refuse_bad_lists(repo, tmp_path):
     s = Settings(model=[f"a={repo / 'digits.safetensors'}"], model_repository=repo)
     sources = s.model_sources()
-    assert list(sources)[0] == "a" and "unstructured" in sources
+    assert next(iter(sources)) == "a" and "unstructured" in sources
     assert Settings().model_sources() == {"digits": None}  # the bundled default model
     env = Settings(model="x=/m/x.safetensors,y=/m/y.safetensors")
     assert list(env.model_sources()) == ["x", "y"]

@@ -1,4 +1,4 @@
-"""Tier 2: ONNX ServedModel sessions of settled levels match PyTorch, swap in without losing or mixing
+"""Tier 2: ONNX Runtime sessions of settled levels match PyTorch, swap in without losing or mixing
 requests, and any failure leaves the daemon answering from tier 1."""
 
 from __future__ import annotations
@@ -209,12 +209,12 @@ def test_swap_in_under_load_loses_nothing_and_never_mixes_levels():
 
 
 def _raise(*_args: object) -> object:
-    raise ServedModelError("injected")
+    raise RuntimeError("injected")
 
 
 class BrokenSession:
     def run(self, *_args: object) -> object:
-        raise ServedModelError("injected")
+        raise RuntimeError("injected")
 
 
 @pytest.mark.parametrize("where", ["export", "session", "budget"])
