@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import re
 import struct
@@ -165,10 +166,25 @@ def _json(raw: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
+        if _only_numbers_refused(raw):
+            raise OIPError(
+                422, "numbers must be finite and fit a double (no NaN, Infinity or 1e999)"
+            ) from None
         raise OIPError(400, f"the request is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise OIPError(400, "the request must be a JSON object with 'inputs'")
     return doc
+
+
+def _only_numbers_refused(raw: bytes) -> bool:
+    """Whether JSON that orjson refused is well formed but for its numbers (NaN, Infinity,
+    out of a double's range), which the stdlib parser accepts: then the numbers are the fault,
+    a 422 as for any other value that does not fit, not malformed JSON (400). Error path only."""
+    try:
+        json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _inputs(doc: dict[str, Any]) -> list[InputHeader]:

@@ -126,7 +126,8 @@ async def model_ready(name: ModelName, d: ReadyDep) -> dict[str, Any]:
 
 @router.post("/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
 async def model_infer(request: Request, name: ModelName, d: ReadyDep) -> Response:
-    return await _infer(request, d, d.registry.get(name))
+    received, body = time.perf_counter(), await request.body()  # the body cap speaks first
+    return await _infer(request, d, d.registry.get(name), body, received)
 
 
 @router.post(
@@ -135,7 +136,8 @@ async def model_infer(request: Request, name: ModelName, d: ReadyDep) -> Respons
 async def model_version_infer(
     request: Request, name: ModelName, version: str, d: ReadyDep
 ) -> Response:
-    return await _infer(request, d, _versioned(d, name, version))
+    received, body = time.perf_counter(), await request.body()
+    return await _infer(request, d, _versioned(d, name, version), body, received)
 
 
 @router.post("/repository/index")
@@ -196,11 +198,12 @@ def _versioned(d: DaemonDep, name: str, version: str) -> ServedModel:
     return model
 
 
-async def _infer(request: Request, d: DaemonDep, model: ServedModel) -> Response:
+async def _infer(
+    request: Request, d: DaemonDep, model: ServedModel, body: bytes, received: float
+) -> Response:
     """body bytes → InferCall (off the loop when large) → the model's InferenceService → body."""
-    received, deadline = time.perf_counter(), d.deadline()
+    deadline = d.deadline()
     request.state.model = model.name
-    body = await request.body()
     limits = oip.Limits(tuple(model.meta.input_size), d.settings.max_batch_images)
     length = request.headers.get(oip.HEADER_LENGTH)
     try:

@@ -127,9 +127,11 @@ FP32_HDR = orjson.dumps(
         (
             b'{"inputs":[{"name":"i","datatype":"FP32","shape":[1],"data":[1e400]}]}',
             None,
-            400,
-            "JSON",
+            422,
+            "finite",
         ),
+        (b'{"inputs":[{"name":"i","data":[NaN]}]}', None, 422, "NaN"),
+        (b'{"inputs":[{"name":"i","data":[-Infinity, 1]]}', None, 400, "not valid JSON"),
         (_json({"datatype": "INT64", "data": [256] * 784}), None, 422, "0-255"),
         (_json({"datatype": "INT64", "data": [2**64 - 1] * 784}), None, 422, "0-255"),
         (_json({"datatype": "INT64", "data": [2**70] * 784}), None, 422, "0-255"),
