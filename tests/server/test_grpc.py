@@ -48,10 +48,15 @@ class FakeService:
     fail: Refusal | None = None
     seen_hints: list = field(default_factory=list)
     seen_deadlines: list = field(default_factory=list)
+    delay_s: float = 0.0
+    started: asyncio.Event | None = None
 
     async def predict_tensor(self, x, hints, deadline, received=None):
         self.seen_hints.append(hints)
         self.seen_deadlines.append(deadline)
+        if self.started is not None:
+            self.started.set()
+        await asyncio.sleep(self.delay_s)
         if self.fail is not None:
             raise self.fail
         assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28)
@@ -477,3 +482,36 @@ def test_grpc_reports_the_level_that_computed_each_output():
     assert len(results) == GRPC_REQUESTS and moves > 20
     assert len({a for _, a, _ in results}) >= 4
     assert worst < 1e-4
+
+
+def test_stop_lets_the_call_in_flight_finish_and_refuses_new_ones():
+    async def scenario():
+        daemon = fake_daemon()
+        svc = daemon.models.model.service
+        svc.delay_s, svc.started = 0.3, asyncio.Event()
+        handle = await grpc_server.start_grpc(daemon, free_port())
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            health = health_pb2_grpc.HealthStub(ch)
+            in_flight = asyncio.ensure_future(stub.ModelInfer(infer_request(ZEROS, "FP32")))
+            await svc.started.wait()
+            daemon.draining = True  # SIGTERM: what main's DrainingServer does first
+            refused = await _code(stub.ModelInfer(infer_request(ZEROS, "FP32")))
+            status = (await health.Check(health_pb2.HealthCheckRequest())).status
+            stopping = asyncio.ensure_future(handle.stop(5.0))
+            resp = await in_flight
+            await stopping
+        return refused, status, resp
+
+    refused, status, resp = asyncio.run(scenario())
+    assert refused == grpc.StatusCode.UNAVAILABLE
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    np.testing.assert_allclose(as_numpy(resp, 0), expected(ZEROS), atol=1e-6)
+
+
+async def _code(call) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
