@@ -35,7 +35,7 @@ serve: setup
 	$(BIN)/lcs serve
 
 test: setup system-deps
-	$(BIN)/pytest -q --timeout=600
+	$(BIN)/pytest -q --timeout=600 --durations=15
 
 lint: setup
 	$(BIN)/ruff check .
