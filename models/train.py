@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,6 +48,9 @@ class TrainConfig:
     norm: str = "group"
     train_gammas: tuple[float, ...] = ()
     out: str = "runs/model.safetensors"
+    # Per-epoch training state for --resume (default: OUT with .state.pt). Keep it outside
+    # models/weights: it is a pickle-format file, never served and never committed.
+    state: str | None = None
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -142,11 +146,12 @@ def train(cfg: TrainConfig, data: Dataset | None = None, progress: bool = True) 
     total = per_epoch * cfg.epochs
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total)
-    state_path = Path(cfg.out).with_suffix(".state.pt")
+    state_path = Path(cfg.state) if cfg.state else Path(cfg.out).with_suffix(".state.pt")
     start = _resume(state_path, net, opt, sched) if cfg.resume else 0
 
     for epoch in range(start, cfg.epochs):
         net.train()
+        t0, losses = time.monotonic(), []
         order = torch.randperm(len(train_y), generator=gen)[rank::world]
         batches = order.split(cfg.batch_size)
         bar = _bar(batches, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
@@ -167,10 +172,18 @@ def train(cfg: TrainConfig, data: Dataset | None = None, progress: bool = True) 
             loss.backward()
             opt.step()
             sched.step()
+            losses.append(loss.item())
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if rank == 0:
             _save_state(state_path, net, opt, sched, epoch + 1)
+            log.info(
+                "epoch %d/%d: mean loss %.4f, %.0f s",
+                epoch + 1,
+                cfg.epochs,
+                sum(losses) / max(1, len(losses)),
+                time.monotonic() - t0,
+            )
 
     if rank != 0:
         return Path(cfg.out)

@@ -1,8 +1,7 @@
-"""Structured sparsity: keep the first ⌈γ·C⌉ input and output channels of every layer."""
+"""Structured sparsity: keep the first round(γ·C) input and output channels of every layer."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from torch import Tensor
@@ -24,5 +23,8 @@ def compress_layer(
 
 
 def width(channels: int, gamma: float) -> int:
-    """Channels kept at width factor γ: ⌈γ·C⌉, at least 1 (never fewer than the fraction asked)."""
-    return max(1, min(channels, math.ceil(gamma * channels - 1e-6)))
+    """Channels kept at width factor γ: round(γ·C), at least 1, as the reference's
+    `max(1, round(C·γ))`. Rounding, not ⌈γ·C⌉: γ(α) carries float noise (the grid's α are
+    rounded to 6 decimals, so γ = 0.37500025 at α = 0.166667), and a ceiling turns any noise
+    above an integer into an extra channel, where rounding absorbs noise up to 0.5/C."""
+    return max(1, min(channels, round(gamma * channels)))
