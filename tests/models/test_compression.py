@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from models import LevelCompressor, SubspaceSpec, compress, create_model
-from models.compression.structured import width
+from models.compression import width
 
 
 def _zeroed_copy(net, gamma):
