@@ -184,4 +184,6 @@ def fake_quantize(x: Tensor, bits: int, lo: Tensor | float, hi: Tensor | float) 
     zero_point = torch.round(qmin - lo_t / scale)
     q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
     xq = (q - zero_point) * scale
-    return x + (xq - x).detach()  # identity gradient (STE)
+    # Identity gradient (STE). Written as xq + (x − x̄) rather than x + (xq − x)̄: the latter
+    # rounds xq by one ulp in places, so a level took more than 2**bits distinct values.
+    return xq.detach() + (x - x.detach())

@@ -123,6 +123,14 @@ class _Step(nn.Module):
         return self.net(x, compress(self.net, draw.alpha, draw.gamma, draw.per_layer))
 
 
+def line_regulariser(net: SubspaceNet, beta: float) -> Tensor | float:
+    """β·cos²(ω1, ω2) for a line (every family: structured LCS+L's line parameters are its norm
+    scales and shifts), 0 for a point or β = 0."""
+    if not beta or net.spec.kind != "line":
+        return 0.0
+    return beta * line_penalty(net)
+
+
 def line_penalty(net: SubspaceNet) -> Tensor:
     """cos²(ω1, ω2) over all line-layer weights (norm scales included; for structured LCS+L
     they are the only ones), flattened into one vector each."""
@@ -179,8 +187,7 @@ def train(cfg: TrainConfig, data: Dataset | None = None, progress: bool = True) 
             y = train_y[idx]
             draws = training_draws(spec, cfg, rng, done)
             loss = members_loss([step(x, d) for d in draws], y, cfg.distill)
-            if cfg.line_beta and spec.kind == "line":
-                loss = loss + cfg.line_beta * line_penalty(net)
+            loss = loss + line_regulariser(net, cfg.line_beta)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
