@@ -51,8 +51,10 @@ class SubspaceLayer(nn.Module):
         the fan-in draw for both ends."""
         at_zero, at_one = torch.empty_like(weight), torch.empty_like(weight)
         nn.init.kaiming_normal_(at_zero, mode="fan_in", nonlinearity="relu")
-        mode = "fan_in" if self.role == "last" else "fan_out"
-        nn.init.kaiming_normal_(at_one, mode=mode, nonlinearity="relu")
+        if self.role == "last":
+            nn.init.kaiming_normal_(at_one, mode="fan_in", nonlinearity="relu")
+        else:
+            nn.init.kaiming_normal_(at_one, mode="fan_out", nonlinearity="relu")
         return at_one, at_zero
 
     def at(self, alpha: float) -> tuple[Tensor, Tensor | None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 from torch import Tensor
 
@@ -129,5 +129,5 @@ class Family:
         return [self.gamma(calc, a) for a in reversed(self.grid(calc, 7))]
 
 
-def is_norm(layer: SubspaceLayer) -> bool:
+def is_norm(layer: SubspaceLayer) -> TypeGuard[SNorm]:
     return isinstance(layer, SNorm)

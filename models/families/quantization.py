@@ -68,7 +68,7 @@ class Quantization(Family):
         self, layer: SubspaceLayer, w: Tensor, b: Tensor | None, gamma: float, ctx: dict[str, Any]
     ) -> LayerParams:
         if is_norm(layer):
-            return LayerParams(w, b, groups=layer.groups)  # type: ignore[attr-defined]
+            return LayerParams(w, b, groups=layer.groups)
         if layer.role != "hidden":  # first conv and classifier stay in float, as the reference
             return LayerParams(w, b)
         per_layer = ctx.get("per_layer")

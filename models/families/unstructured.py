@@ -50,7 +50,7 @@ class Unstructured(Family):
         self, layer: SubspaceLayer, w: Tensor, b: Tensor | None, gamma: float, ctx: dict[str, Any]
     ) -> LayerParams:
         if is_norm(layer):
-            return LayerParams(w, b, groups=layer.groups)  # type: ignore[attr-defined]
+            return LayerParams(w, b, groups=layer.groups)
         n = int(gamma * w.numel())
         if layer.role != "hidden" or n == 0:  # input and output layers stay dense (§3.4)
             return LayerParams(w, b)
