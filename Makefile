@@ -35,7 +35,7 @@ serve: setup
 	$(BIN)/lcs serve
 
 test: setup system-deps
-	$(BIN)/pytest -q --timeout=600
+	$(BIN)/pytest -q --timeout=600 --durations=15
 
 lint: setup
 	$(BIN)/ruff check .
@@ -56,6 +56,7 @@ bench: setup system-deps
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.controller_overhead
 	$(BIN)/python -m benchmarks.tier2
+	$(BIN)/python -m benchmarks.models
 	$(BIN)/python -m benchmarks.report
 
 # LCS against the paper's baselines on the digits (66 trainings, about an hour on 2 cores; cached

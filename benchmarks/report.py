@@ -244,13 +244,81 @@ def adaptation_section(d: dict[str, Any]) -> str:
 
 
 def overhead_section(d: dict[str, Any]) -> str:
+    models = d.get("models", 1)
     return (
         "## Controller overhead\n\n`python -m benchmarks.controller_overhead`: the controller "
-        "alone in a process with real sensors and the default policy, for "
+        f"alone in a process with real sensors, the default policy and {models} model(s) with "
+        "steady traffic, for "
         f"{d['wall_s']:.0f} s: one iteration takes {d['step_median_ms']:.3f} ms; at the "
         f"{d['interval_s']} s default interval it uses {100 * d['core_share']:.2f} % of one "
         "core (goal: under 1 %).\n"
     )
+
+
+def models_section(d: dict[str, Any]) -> str:
+    out = [
+        "## Several models per daemon\n\n`python -m benchmarks.models`: live daemons on "
+        "loopback serving 1, 2, 3 copies of one model from a model repository (resident memory "
+        "after warm-up; with tier 2, once each model's start-up level has its ONNX session — the "
+        "export process is shared and counted apart), then one model replaced repeatedly "
+        "(`POST /v2/repository/models/m/load`) under steady load from concurrent clients.\n"
+    ]
+    rows = []
+    for m in d["memory"]:
+        per = m["per_extra_model_mb"]
+        for r in m["rows"]:
+            rows.append(
+                [
+                    m["arch"],
+                    "on" if m["tier2"] else "off",
+                    r["models"],
+                    f"{r['rss_mb']:.0f}",
+                    f"{r['children_mb']:.0f}",
+                    "" if per is None else f"{per:.1f}",
+                ]
+            )
+    out.append(
+        table(
+            ["network", "tier 2", "models", "daemon MB", "export process MB", "MB per extra"], rows
+        )
+    )
+    rows = []
+    for r in d["replacement"]:
+        rows.append(
+            [
+                r["arch"],
+                r["clients"],
+                r["requests"],
+                r["failures"],
+                f"{r['replace_median_s']:.2f}",
+                f"{r['steady']['p50_ms']:.1f}",
+                f"{r['steady']['p99_ms']:.1f}",
+                f"{r['during']['p50_ms']:.1f}",
+                f"{r['during']['p99_ms']:.1f}",
+            ]
+        )
+    out.append(
+        "\nReplacement (request to swapped: load, verify, warm and profile the new version off "
+        "the request path, swap, free the old one after its requests), and the latency of "
+        "requests sent while a replacement ran against those sent away from one:\n"
+    )
+    out.append(
+        table(
+            [
+                "network",
+                "clients",
+                "requests",
+                "failed",
+                "replace s",
+                "p50 steady ms",
+                "p99 steady ms",
+                "p50 during ms",
+                "p99 during ms",
+            ],
+            rows,
+        )
+    )
+    return "\n".join(out) + "\n"
 
 
 def soak_section(d: dict[str, Any]) -> str:
@@ -382,6 +450,7 @@ def main() -> None:
         ("memory", memory_section),
         ("tier2", tier2_section),
         ("controller_overhead", overhead_section),
+        ("models", models_section),
         ("soak", soak_section),
     ):
         d = load(name)

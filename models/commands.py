@@ -7,6 +7,7 @@ import json
 import sys
 from dataclasses import fields
 
+from models.data import DATASETS
 from models.levels import FAMILIES, KINDS, NORMS
 from models.networks import ARCHITECTURES
 
@@ -15,7 +16,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="small_cnn", choices=sorted(ARCHITECTURES))
     p.add_argument("--family", default="structured", choices=FAMILIES)
     p.add_argument("--kind", default="point", choices=KINDS, help="point = LCS+P, line = LCS+L")
-    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "folder"])
+    p.add_argument("--dataset", default="digits", choices=DATASETS, help="digits32: padded")
     p.add_argument("--data-root", help="directory for cifar10 / folder datasets")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
@@ -23,9 +24,14 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shift", type=int, default=2, help="random-shift augmentation in pixels")
-    p.add_argument("--act-quant-start", type=float, default=0.5)
+    p.add_argument("--act-quant-start", type=float, default=0.8)
     p.add_argument("--prune-warmup", type=float, default=0.8, help="unstructured: dense ramp")
-    p.add_argument("--line-beta", type=float, default=0.0)
+    p.add_argument("--line-beta", type=float, default=0.0, help="β·cos²(ω1, ω2) for lines")
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="in-place distillation: members learn from the most accurate one's softmax",
+    )
     p.add_argument("--max-train", type=int, help="use at most this many training images")
     p.add_argument("--norm", default="group", choices=NORMS, help="batch: baselines only")
     p.add_argument(
@@ -37,7 +43,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
         help="baselines: train at these levels every step instead of sampling the subspace",
     )
     p.add_argument("--out", default="runs/model.safetensors")
-    p.add_argument("--resume", action="store_true", help="continue from OUT's .state.pt")
+    p.add_argument("--state", help="per-epoch training state file (default: OUT's .state.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from the --state file")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -77,7 +84,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         net, meta, _ = checkpoint.load(args.checkpoint)
-        name = args.dataset or ("digits" if meta.dataset == "mnist-5000" else meta.dataset)
+        name = args.dataset or meta.dataset  # load_dataset maps recorded names back
         data = load_dataset(name, args.data_root, tuple(meta.input_size[1:]))  # type: ignore[arg-type]
     except (ValueError, FileNotFoundError) as e:
         print(f"lcs eval: {e}", file=sys.stderr)

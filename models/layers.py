@@ -36,17 +36,26 @@ class SubspaceLayer(nn.Module):
             raise ValueError(f"unknown layer role {role!r}")
         self.role = role
         self.line = line
+        if line:
+            weight, weight_2 = self._line_endpoints(weight)
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(bias) if bias is not None else None
         if line:
-            self.weight_2 = nn.Parameter(self._second_endpoint(weight))
+            self.weight_2 = nn.Parameter(weight_2)
             self.bias_2 = nn.Parameter(bias.clone()) if bias is not None else None
 
-    def _second_endpoint(self, weight: Tensor) -> Tensor:
-        # The endpoints start independent (paper §3.1: "randomly initialize two sets").
-        w2 = torch.empty_like(weight)
-        nn.init.kaiming_normal_(w2, mode="fan_out", nonlinearity="relu")
-        return w2
+    def _line_endpoints(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """(ω1 at α = 1, ω2 at α = 0), independent draws (§3.1), as the reference initialises a
+        line: Kaiming-normal fan-in for the α = 0 end (its first endpoint), then the α = 1 end
+        re-initialised with N(0, 2/(k²·C_out)) (fan-out), except the classifier, which keeps
+        the fan-in draw for both ends."""
+        at_zero, at_one = torch.empty_like(weight), torch.empty_like(weight)
+        nn.init.kaiming_normal_(at_zero, mode="fan_in", nonlinearity="relu")
+        if self.role == "last":
+            nn.init.kaiming_normal_(at_one, mode="fan_in", nonlinearity="relu")
+        else:
+            nn.init.kaiming_normal_(at_one, mode="fan_out", nonlinearity="relu")
+        return at_one, at_zero
 
     def at(self, alpha: float) -> tuple[Tensor, Tensor | None]:
         """ω*(α) = α·ω1 + (1 − α)·ω2 for a line; ω for a point."""
@@ -117,8 +126,9 @@ class SNorm(SubspaceLayer):
         super().__init__(torch.ones(channels), torch.zeros(channels), line, "hidden")
         self.groups = groups
 
-    def _second_endpoint(self, weight: Tensor) -> Tensor:
-        return torch.full_like(weight, 0.5)  # as the reference code initialises ω2's norms
+    def _line_endpoints(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        # As the reference: scales 0.5 at the re-initialised (α = 1) end, 1 at the α = 0 end.
+        return torch.full_like(weight, 0.5), torch.ones_like(weight)
 
     def forward(self, x: Tensor, level: Level) -> Tensor:
         p = level[self.key]
@@ -176,4 +186,6 @@ def fake_quantize(x: Tensor, bits: int, lo: Tensor | float, hi: Tensor | float) 
     zero_point = torch.round(qmin - lo_t / scale)
     q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
     xq = (q - zero_point) * scale
-    return x + (xq - x).detach()  # identity gradient (STE)
+    # Identity gradient (STE). Written as xq + (x − x̄) rather than x + (xq − x)̄: the latter
+    # rounds xq by one ulp in places, so a level took more than 2**bits distinct values.
+    return xq.detach() + (x - x.detach())

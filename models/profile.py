@@ -9,12 +9,13 @@ from collections.abc import Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from models import families
 from models.compression import Level, LevelCompressor
-from models.layers import SNorm
+from models.families.structured import TABLE2_WIDTHS
 from models.levels import SubspaceSpec
 from models.networks import ARCHITECTURES, SubspaceNet, create_model
 
-TABLE2_WIDTHS = (1.0, 0.75, 0.625, 0.5, 0.375, 0.25)
+__all__ = ["TABLE2_WIDTHS", "count_macs", "profile", "weight_bytes"]
 
 
 def count_macs(net: SubspaceNet, level: Level, input_size: Sequence[int]) -> int:
@@ -25,25 +26,11 @@ def count_macs(net: SubspaceNet, level: Level, input_size: Sequence[int]) -> int
 
 
 def weight_bytes(net: SubspaceNet, level: Level) -> int:
-    """Bytes of the weights the compressed network runs on: kept channels for structured,
-    non-zeros for unstructured, γ bits per weight in quantized layers."""
-    total = 0
-    for layer in net.subspace_layers():
-        p = level[layer.key]
-        n = (
-            int(torch.count_nonzero(p.weight))
-            if level.family == "unstructured"
-            else p.weight.numel()
-        )
-        bits = 32
-        if (
-            level.family == "quantization"
-            and layer.role == "hidden"
-            and not isinstance(layer, SNorm)
-        ):
-            bits = round(level.gamma)
-        total += n * bits // 8 + (0 if p.bias is None else p.bias.numel() * 4)
-    return total
+    """Bytes of the weights the compressed network runs on, as its family counts them: kept
+    channels for structured, non-zeros for unstructured, γ bits per weight in quantized layers.
+    Every layer's weights, biases and norm parameters count (see ACCURACY.md, Table 2)."""
+    handler = families.get(level.family)
+    return sum(handler.weight_bytes(m, level[m.key], level) for m in net.subspace_layers())
 
 
 def median_latency(net: SubspaceNet, level: Level, x: torch.Tensor, repeats: int) -> float:
@@ -70,11 +57,7 @@ def profile(
     net = create_model(arch, spec).eval().requires_grad_(False)
     size = ARCHITECTURES[arch].input_size
     levels = LevelCompressor(net, cache=True)
-    gammas = gammas or (
-        TABLE2_WIDTHS
-        if family == "structured"
-        else [spec.calc.gamma(a) for a in reversed(spec.calc.grid())]
-    )
+    gammas = gammas or spec.handler.profile_gammas(spec.calc)
     x = torch.randn(batch, *size)
     rows = []
     for gamma in gammas:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from models import checkpoint
 from models.compression import compress
 from models.data import Dataset, load_dataset, random_shift
 from models.evaluate import accuracy_at_levels, format_table, normalise
+from models.families import Draw, Schedule
 from models.levels import FAMILIES, KINDS, SubspaceSpec
 from models.networks import ARCHITECTURES, SubspaceNet, create_model
 
@@ -35,18 +37,27 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     shift: int = 2  # random-shift augmentation, pixels
-    act_quant_start: float = 0.5  # fraction of training after which activations are quantized
-    # Unstructured: the pruned fraction ramps from 0 to γ(α) over this fraction of training, as
-    # in the reference code. Without it, early steps at 97.5 % pruned starve most weights of
-    # gradient and the dense network never trains (measured: 80 % dense accuracy, not 98 %).
+    # Quantization: activations are quantized after this fraction of training (the reference's
+    # 0.8); LCS+P trains 8 bits until then and a random bit width per layer after.
+    act_quant_start: float = 0.8
+    # Unstructured: the dense warm-up, as in the reference code. LCS+P trains dense for it;
+    # LCS+L ramps the pruned fraction from 0 to γ(α) over it.
     prune_warmup: float = 0.8
-    line_beta: float = 0.0  # β·cos²(ω1, ω2); the paper's text does not use it, the code does
+    # β·cos²(ω1, ω2) for lines (structured: on the norm scales, the only line parameters). The
+    # paper's text does not use it (β = 0); the reference code has β = 1.
+    line_beta: float = 0.0
+    # In-place distillation (Universally Slimmable Networks): the most accurate member learns
+    # from the labels, every other member from its detached softmax.
+    distill: bool = False
     max_train: int | None = None  # cap on training images (quick runs and tests)
     # Baselines (benchmarks/accuracy): BatchNorm, and training at given levels γ instead of
     # sampling the subspace — every γ in the tuple each step (Discrete), or one (fixed level).
     norm: str = "group"
     train_gammas: tuple[float, ...] = ()
     out: str = "runs/model.safetensors"
+    # Per-epoch training state for --resume (default: OUT with .state.pt). Keep it outside
+    # models/weights: it is a pickle-format file, never served and never committed.
+    state: str | None = None
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -56,34 +67,49 @@ class TrainConfig:
             raise ValueError(f"family must be one of {FAMILIES}, kind one of {KINDS}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch size must be ≥ 1 and the learning rate > 0")
+        if not (0 <= self.act_quant_start <= 1 and 0 <= self.prune_warmup <= 1):
+            raise ValueError(
+                "act_quant_start and prune_warmup are fractions of training, in [0, 1]"
+            )
+        if self.line_beta < 0:
+            raise ValueError("line_beta must be ≥ 0")
         spec = SubspaceSpec(self.family, self.kind, norm=self.norm)
         for g in self.train_gammas:
             spec.calc.alpha(g)  # raises if γ is outside the family's range
 
 
-def training_alphas(spec: SubspaceSpec, cfg: TrainConfig, rng: random.Random) -> list[float]:
-    """This step's α values: the given levels for a baseline, else the paper's α_n."""
+def training_draws(
+    spec: SubspaceSpec, cfg: TrainConfig, rng: random.Random, done: float
+) -> list[Draw]:
+    """This step's members, most accurate first: the given levels for a baseline (every γ each
+    step), else the family's sampling of α_n at this point of training (§3.3)."""
     if cfg.train_gammas:
-        return [spec.calc.alpha(g) for g in cfg.train_gammas]
-    return sample_alphas(spec, rng)
+        at = Schedule(done, cfg.prune_warmup, cfg.act_quant_start)
+        alphas = sorted((spec.calc.alpha(g) for g in cfg.train_gammas), reverse=True)
+        return [Draw(a, spec.handler.warmup_gamma(spec.calc, a, at)) for a in alphas]
+    at = Schedule(done, cfg.prune_warmup, cfg.act_quant_start)
+    draws = spec.handler.sample(spec.calc, spec.kind, rng, at)
+    teacher = Draw(spec.calc.alpha_max)  # the least compressed end: dense for unstructured
+    if cfg.distill and draws[0] != teacher:
+        draws = [teacher, *draws]
+    return draws
 
 
-def sample_alphas(spec: SubspaceSpec, rng: random.Random) -> list[float]:
-    """α_n (§3.3): the sandwich rule for structured, one α for the other families."""
-    c = spec.calc
-    if spec.family == "structured":
-        return [
-            c.alpha_min,
-            c.alpha_max,
-            rng.uniform(c.alpha_min, c.alpha_max),
-            rng.uniform(c.alpha_min, c.alpha_max),
-        ]
-    if spec.family == "quantization":
-        return [rng.choice(c.grid())]
-    # Unstructured, as the reference: half the time an endpoint, otherwise uniform.
-    if rng.random() < 0.5:
-        return [rng.choice([c.alpha_min, c.alpha_max])]
-    return [rng.uniform(c.alpha_min, c.alpha_max)]
+def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
+    """Mean over the batch of −Σ_c p_c · log softmax(logits)_c."""
+    return -(target_probs * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def members_loss(outputs: list[Tensor], y: Tensor, distill: bool) -> Tensor:
+    """Σ over members of their losses. Plain LCS: cross-entropy on the labels for every member.
+    In-place distillation: the first member (the most accurate) on the labels, every other on
+    the first's softmax, detached so that no student gradient reaches the teacher's output."""
+    if not distill:
+        return torch.stack([F.cross_entropy(out, y) for out in outputs]).sum()
+    teacher = outputs[0]
+    soft = F.softmax(teacher.detach(), dim=1)
+    losses = [F.cross_entropy(teacher, y)] + [soft_cross_entropy(o, soft) for o in outputs[1:]]
+    return torch.stack(losses).sum()
 
 
 class _Step(nn.Module):
@@ -93,20 +119,21 @@ class _Step(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor, alpha: float, gamma: float | None = None) -> Tensor:
-        return self.net(x, compress(self.net, alpha, gamma))
+    def forward(self, x: Tensor, draw: Draw) -> Tensor:
+        return self.net(x, compress(self.net, draw.alpha, draw.gamma, draw.per_layer))
 
 
-def warmup_gamma(spec: SubspaceSpec, alpha: float, progress: float, warmup: float) -> float | None:
-    """The γ a training step prunes to at α: None (γ(α) itself) once past the warm-up, or for
-    families other than unstructured; before it, γ(α) scaled by the fraction of warm-up done."""
-    if spec.family != "unstructured" or progress >= warmup:
-        return None
-    return spec.calc.gamma(alpha) * progress / warmup
+def line_regulariser(net: SubspaceNet, beta: float) -> Tensor | float:
+    """β·cos²(ω1, ω2) for a line (every family: structured LCS+L's line parameters are its norm
+    scales and shifts), 0 for a point or β = 0."""
+    if not beta or net.spec.kind != "line":
+        return 0.0
+    return beta * line_penalty(net)
 
 
 def line_penalty(net: SubspaceNet) -> Tensor:
-    """cos²(ω1, ω2) over all line-layer weights, flattened into one vector each."""
+    """cos²(ω1, ω2) over all line-layer weights (norm scales included; for structured LCS+L
+    they are the only ones), flattened into one vector each."""
     pairs = [(m.weight, m.weight_2) for m in net.subspace_layers() if m.line]
     w1 = torch.cat([a.flatten() for a, _ in pairs])
     w2 = torch.cat([b.flatten() for _, b in pairs])
@@ -142,35 +169,41 @@ def train(cfg: TrainConfig, data: Dataset | None = None, progress: bool = True) 
     total = per_epoch * cfg.epochs
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total)
-    state_path = Path(cfg.out).with_suffix(".state.pt")
+    state_path = Path(cfg.state) if cfg.state else Path(cfg.out).with_suffix(".state.pt")
     start = _resume(state_path, net, opt, sched) if cfg.resume else 0
 
     for epoch in range(start, cfg.epochs):
         net.train()
+        t0, losses = time.monotonic(), []
         order = torch.randperm(len(train_y), generator=gen)[rank::world]
         batches = order.split(cfg.batch_size)
         bar = _bar(batches, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
         for i, idx in enumerate(bar):
             done = (epoch * per_epoch + i) / total  # fraction of training behind us
-            if spec.family == "quantization" and done >= cfg.act_quant_start:
+            at = Schedule(done, cfg.prune_warmup, cfg.act_quant_start)
+            if spec.handler.activations_quantized(at):
                 net.act_quant_enabled.fill_(True)
             x = normalise(random_shift(train_x[idx], cfg.shift, gen), mean, std)
             y = train_y[idx]
-            loss = sum(
-                F.cross_entropy(step(x, a, warmup_gamma(spec, a, done, cfg.prune_warmup)), y)
-                for a in training_alphas(spec, cfg, rng)
-            )
-            assert isinstance(loss, Tensor)
-            if cfg.line_beta and spec.line_weights:
-                loss = loss + cfg.line_beta * line_penalty(net)
+            draws = training_draws(spec, cfg, rng, done)
+            loss = members_loss([step(x, d) for d in draws], y, cfg.distill)
+            loss = loss + line_regulariser(net, cfg.line_beta)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            losses.append(loss.item())
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if rank == 0:
             _save_state(state_path, net, opt, sched, epoch + 1)
+            log.info(
+                "epoch %d/%d: mean loss %.4f, %.0f s",
+                epoch + 1,
+                cfg.epochs,
+                sum(losses) / max(1, len(losses)),
+                time.monotonic() - t0,
+            )
 
     if rank != 0:
         return Path(cfg.out)

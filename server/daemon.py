@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from controller.loop import Controller, Plant
-from controller.policy import Decision, Profile
+from controller.policy import Decision
 from controller.readings import Readings
 from server.admission import DecodeBudget
 from server.engine import inference_executor
@@ -72,11 +72,9 @@ class Daemon:
     # Controller wiring: readings → policy → level, per model.
 
     def _plant(self, model: ServedModel) -> Plant:
-        tier2 = model.tier2
         return Plant(
             name=model.name,
-            # Tier 1 profiled at load; a level tier 2 holds is predicted at tier 2's speed.
-            profile=Profile(model.profile, measured=None if tier2 is None else tier2.latency),
+            profile=model.service.profile,
             current_alpha=lambda: model.level.current.alpha,
             operator=lambda: model.level.policy,
             feedback=model.service.feedback,
@@ -92,8 +90,16 @@ class Daemon:
         task.add_done_callback(self._tasks.discard)
 
     def _added(self, model: ServedModel) -> None:
-        if self.controller is not None:
-            self.controller.add(self._plant(model))
+        ctl, service = self.controller, model.service
+        if ctl is not None:
+            ctl.add(self._plant(model))
+            profiled = service.predict  # until the controller's first step has readings
+
+            def predict(alpha: float) -> float | None:
+                seen = ctl.predicted_latency(model.name, alpha)
+                return profiled(alpha) if seen is None else seen
+
+            service.predict = predict
 
     def _removed(self, name: str) -> None:
         if self.controller is not None:

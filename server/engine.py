@@ -29,10 +29,12 @@ class Result:
 class _Item:
     x: torch.Tensor  # (C, H, W)
     future: asyncio.Future[Result]
+    level: Level | None = None  # a request's own level (a hint); None: the current one
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-Forward = Callable[[torch.Tensor], tuple[torch.Tensor, Level, str]]  # (probs, level, tier)
+# (batch, the level asked for or None for the current one) -> (probs, level run, tier)
+Forward = Callable[[torch.Tensor, Level | None], tuple[torch.Tensor, Level, str]]
 Observer = Callable[[int, float, str], None]  # (batch size, forward seconds, tier)
 
 
@@ -85,9 +87,10 @@ class Engine:
         """Run `fn` on the inference thread (warm-up, profiling): never beside a forward pass."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def infer(self, x: torch.Tensor, deadline: float) -> Result:
-        """x (C, H, W) through the queue; `deadline` is a time.monotonic() instant."""
-        item = _Item(x, asyncio.get_running_loop().create_future())
+    async def infer(self, x: torch.Tensor, deadline: float, level: Level | None = None) -> Result:
+        """x (C, H, W) through the queue; `deadline` is a time.monotonic() instant; `level`
+        pins the request to a level of its own (else it runs at the one current then)."""
+        item = _Item(x, asyncio.get_running_loop().create_future(), level)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -106,25 +109,30 @@ class Engine:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            if not batch:
-                continue
-            try:
-                rows, level, tier, start, seconds = await loop.run_in_executor(
-                    self._executor, self._run_batch, [i.x for i in batch]
-                )
-            except Exception as e:
-                for i in batch:
-                    if not i.future.done():
-                        i.future.set_exception(e)
-                continue
-            for row, i in zip(rows, batch, strict=True):
+            groups: dict[int, list[_Item]] = {}  # requests at the same level batch together
+            for item in batch:
+                groups.setdefault(id(item.level), []).append(item)
+            for group in groups.values():
+                await self._run_group(loop, group)
+
+    async def _run_group(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        try:
+            rows, level, tier, start, seconds = await loop.run_in_executor(
+                self._executor, self._run_batch, [i.x for i in batch], batch[0].level
+            )
+        except Exception as e:
+            for i in batch:
                 if not i.future.done():
-                    i.future.set_result(
-                        Result(row, level, tier, start - i.enqueued, seconds, len(batch))
-                    )
+                    i.future.set_exception(e)
+            return
+        for row, i in zip(rows, batch, strict=True):
+            if not i.future.done():
+                i.future.set_result(
+                    Result(row, level, tier, start - i.enqueued, seconds, len(batch))
+                )
 
     def _run_batch(
-        self, xs: list[torch.Tensor]
+        self, xs: list[torch.Tensor], level: Level | None
     ) -> tuple[tuple[torch.Tensor, ...], Level, str, float, float]:
         """On the inference thread: everything a batch costs besides resolving its futures, so
         the event loop (what limits throughput under concurrency) does the least per batch.
@@ -132,11 +140,11 @@ class Engine:
         left on the loop then cost more than the forward pass saved."""
         x = torch.stack(xs)  # (B, C, H, W)
         start = time.perf_counter()
-        probs, level, tier = self._forward(x)
+        probs, ran, tier = self._forward(x, level)
         seconds = time.perf_counter() - start
         if self._on_batch:
             self._on_batch(len(xs), seconds, tier)
-        return probs.unbind(0), level, tier, start, seconds
+        return probs.unbind(0), ran, tier, start, seconds
 
     async def _collect(self) -> list[_Item]:
         batch = [await self._queue.get()]

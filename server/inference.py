@@ -6,11 +6,15 @@ import asyncio
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
 import torch
 
+from controller.hints import HintError as ControllerHintError
+from controller.hints import hinted_level
+from controller.policy import LevelPoint, Profile
 from controller.readings import ModelFeedback
 from models import Level, SubspaceNet
 from server.admission import DecodeBudget, decode_admitted
@@ -60,6 +64,9 @@ class InferenceService:
         self.metrics, self.tier2 = metrics, tier2
         self.max_images = max_images
         self.engine: Engine | None = None  # set by the model's start-up, which owns the engine
+        # For hints: the profile (set once measured) and the controller's latency prediction.
+        self.profile = Profile([LevelPoint(1.0, 1.0, 0.0)])
+        self.predict: Callable[[float], float | None] = self._profiled
         self.in_flight = 0
         self.closed = False
         # (monotonic time, α, request seconds, forward seconds) of recent requests: feedback.
@@ -71,7 +78,7 @@ class InferenceService:
         self, images: list[bytes], hints: Hints, deadline: float, received: float | None = None
     ) -> list[Result]:
         """Encoded images → one Result each; ImageError for an image that will not decode."""
-        self._admit(len(images), hints)
+        alpha = self._admit(len(images), hints)
         self.in_flight += 1
         try:
             start = time.perf_counter()
@@ -79,7 +86,7 @@ class InferenceService:
                 deadline, asyncio.gather(*(self._decode(d, deadline) for d in images))
             )
             decode_s = time.perf_counter() - start
-            results = await self._infer(xs, deadline)
+            results = await self._infer(xs, deadline, alpha)
             return self._done([replace(r, decode_s=decode_s) for r in results], received)
         finally:
             self.in_flight -= 1
@@ -88,10 +95,10 @@ class InferenceService:
         self, x: torch.Tensor, hints: Hints, deadline: float, received: float | None = None
     ) -> list[Result]:
         """x (N, C, H, W) float32 in the network's input space (already normalised)."""
-        self._admit(x.shape[0], hints)
+        alpha = self._admit(x.shape[0], hints)
         self.in_flight += 1
         try:
-            return self._done(await self._infer(list(x), deadline), received)
+            return self._done(await self._infer(list(x), deadline, alpha), received)
         finally:
             self.in_flight -= 1
 
@@ -107,14 +114,28 @@ class InferenceService:
             (x.to(torch.float32) / 255 - mean) / std, hints, deadline, received
         )
 
-    def _admit(self, n: int, hints: Hints) -> None:
+    def _admit(self, n: int, hints: Hints) -> float | None:
+        """Checks a request before any work; returns the α its hints ask for (None: current)."""
         if self.closed or self.engine is None:
             raise NotReady("not ready: the model is being unloaded")
         if n > self.max_images:
             # The queue could never hold them all: a 429 would be retried forever.
             raise TooMany(f"at most {self.max_images} images per request; got {n}")
-        if hints.any:
-            raise HintError("per-request min_accuracy / max_latency_ms are not supported yet")
+        if not hints.any:
+            return None
+        current = self.level.current.alpha
+        try:
+            alpha = hinted_level(
+                self.profile,
+                self.level.policy,
+                current,
+                min_accuracy=hints.min_accuracy,
+                max_latency_s=None if hints.max_latency_ms is None else hints.max_latency_ms / 1e3,
+                predict=self.predict,
+            )
+        except ControllerHintError as e:
+            raise HintError(str(e)) from None
+        return None if abs(alpha - current) < 1e-9 else alpha
 
     async def _decode(self, data: bytes, deadline: float) -> torch.Tensor:
         """One image: header check, its decoded bytes reserved from the daemon's decode budget,
@@ -122,10 +143,13 @@ class InferenceService:
         many large images cannot hold the pool for everyone else."""
         return await decode_admitted(self.decode_pool, self.preprocess, self.budget, data, deadline)
 
-    async def _infer(self, xs: list[torch.Tensor], deadline: float) -> list[Result]:
+    async def _infer(
+        self, xs: list[torch.Tensor], deadline: float, alpha: float | None = None
+    ) -> list[Result]:
         assert self.engine is not None
         engine = self.engine
-        results = await asyncio.gather(*(engine.infer(x, deadline) for x in xs))  # one batch
+        level = None if alpha is None else await self.level.level_at(alpha)
+        results = await asyncio.gather(*(engine.infer(x, deadline, level) for x in xs))
         for r in results:
             self.metrics.queue_wait.observe(r.queue_s)
         return list(results)
@@ -149,10 +173,13 @@ class InferenceService:
 
     # On the inference thread.
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Level, str]:
-        """One Level captured for the whole pass, run by tier 2 only if its session was built
-        from that very level, else by PyTorch (tier 1)."""
-        level = self.level.current
+    def forward(
+        self, x: torch.Tensor, level: Level | None = None
+    ) -> tuple[torch.Tensor, Level, str]:
+        """One Level for the whole pass (the current one, unless the requests asked for their
+        own), run by tier 2 only if its session was built from that very level, else by
+        PyTorch (tier 1)."""
+        level = self.level.current if level is None else level
         prepared = self.tier2.serving(level) if self.tier2 is not None else None
         if prepared is not None:
             try:
@@ -168,6 +195,11 @@ class InferenceService:
         """The tier a request arriving now would run on."""
         t2 = self.tier2
         return "onnx" if t2 is not None and t2.serving(self.level.current) else "torch"
+
+    def _profiled(self, alpha: float) -> float | None:
+        """Without a controller: the non-forward part seen lately plus the profiled forward."""
+        fb = self.feedback()
+        return (fb.overhead_s or 0.0) + self.profile.expected_latency(alpha)
 
     # The controller's view.
 

@@ -16,6 +16,8 @@ from models import Calculator, Level, LevelCompressor, SubspaceNet
 
 log = logging.getLogger("lcs.server")
 
+# Levels kept for hinted requests: an unstructured level is a full copy of the weights.
+HINTED_LEVELS = 3
 Listener = Callable[[Level, str, float], None]  # (new level, reason, recompress seconds)
 
 
@@ -52,12 +54,30 @@ class LevelState:
         self._builder = ThreadPoolExecutor(1, thread_name_prefix="lcs-recompress")
         self._generation = 0
         self._listeners: list[Listener] = []
+        self._hinted: dict[float, Level] = {}  # levels built for hinted requests, LRU
         self.current: Level = self._levels(calc.alpha_max)
         self.last_change = Change(self.current.alpha, self.current.gamma, "startup")
 
     def listen(self, fn: Listener) -> None:
         """`fn` runs on the event loop right after each swap (metrics, tier 2)."""
         self._listeners.append(fn)
+
+    async def level_at(self, alpha: float) -> Level:
+        """The Level at α for one request (a hint), built off the loop; the last few are kept,
+        so hinted traffic at a steady level costs a lookup."""
+        alpha = self.calc.clamp(alpha)
+        if alpha == self.current.alpha:
+            return self.current
+        kept = self._hinted.pop(alpha, None)
+        if kept is not None:
+            level = kept
+        else:
+            loop = asyncio.get_running_loop()
+            level, _ = await loop.run_in_executor(self._builder, self.build, alpha)
+        self._hinted[alpha] = level  # most recent last
+        while len(self._hinted) > HINTED_LEVELS:
+            del self._hinted[next(iter(self._hinted))]
+        return level
 
     def build(self, alpha: float) -> tuple[Level, float]:
         """f(ω*(α), γ(α)) and the seconds it took (also warms the TopK order cache)."""

@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import torch
 
-from controller.policy import LevelPoint, OperatorPolicy
+from controller.policy import LevelPoint, OperatorPolicy, Profile
 from models import Level, SubspaceNet, checkpoint
 from models.checkpoint import Metadata
 from server.admission import DecodeBudget
@@ -122,6 +122,9 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
     try:
         # The profile also warms every level's code path.
         model.profile = await measure_profile(model, s.profile_levels)
+        tier2 = model.tier2
+        # Tier 1 profiled at load; a level tier 2 holds is predicted at tier 2's speed.
+        service.profile = Profile(model.profile, measured=None if tier2 is None else tier2.latency)
         moved = await level.switch(initial_alpha(s, level), "startup")
     except BaseException:
         await model.close()
@@ -136,7 +139,10 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
 
 def default_policy(s: Settings) -> OperatorPolicy:
     return OperatorPolicy(
-        min_alpha=s.min_alpha, max_alpha=s.max_alpha, latency_target_s=s.latency_target_ms / 1e3
+        min_alpha=s.min_alpha,
+        max_alpha=s.max_alpha,
+        latency_target_s=s.latency_target_ms / 1e3,
+        objective=s.controller_objective,
     )
 
 

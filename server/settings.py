@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # Level and controller
     controller_enabled: bool = True
     controller_policy: str = "latency_headroom"
+    # "share": a good neighbour, the most accurate level whose CPU demand fits what other work
+    # leaves free; "latency": compress only as far as the latency target needs.
+    controller_objective: Literal["share", "latency"] = "share"
     controller_interval_s: float = Field(0.25, gt=0)
     latency_target_ms: float = Field(50.0, gt=0)
     min_alpha: float | None = Field(None, ge=0, le=1)
@@ -149,6 +152,7 @@ CLI_OPTIONS = {
     "max_queue": int,
     "latency_target_ms": float,
     "controller_policy": str,
+    "controller_objective": str,
     "drain_timeout_s": float,
 }
 

@@ -195,9 +195,13 @@ class Tier2:
         self.session_fn = partial(open_session, spin=spin)
 
     def serving(self, level: Level) -> Prepared | None:
-        """The session for exactly `level`, if tier 2 holds it (called on the inference thread)."""
+        """The session for exactly `level`, if tier 2 holds it (called on the inference thread):
+        the active one, or a cached one for a request pinned to a level of its own."""
         p = self.active
-        return p if p is not None and p.matches(level) else None
+        if p is not None and p.matches(level):
+            return p
+        cached = self.cache.get(level.alpha)
+        return cached if cached is not None and cached.matches(level) else None
 
     def level_changed(self, level: Level) -> None:
         """On the event loop, right after the slot's swap: a cached level is served at once;

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The training recipe's version: part of every cached run's settings, so a change to models/'
+# training defaults retrains instead of reusing stale runs. 2 = issue 19 (the reference's
+# sampling, warm-ups, GroupNorm groups and line initialisation; exact grid widths).
+RECIPE = 2
 STRUCTURED_WIDTHS = (0.25, 0.5, 0.75, 1.0)  # Discrete's widths, and the single-width networks
 TOPK_TARGETS = (0.5, 0.75, 0.9, 0.95)  # fraction pruned each unstructured baseline trains at
 BIT_WIDTHS = (3, 4, 5, 6, 7, 8)

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy.plan import GRIDS, Method, methods
+from benchmarks.accuracy.plan import GRIDS, RECIPE, Method, methods
 from benchmarks.common import RESULTS, machine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +60,12 @@ def main() -> None:
     ap.add_argument("--ship", action="store_true", help="copy each family's best LCS model")
     args = ap.parse_args()
 
-    settings = {"epochs": args.epochs, "max_train": args.max_train, "dataset": "digits"}
+    settings = {
+        "epochs": args.epochs,
+        "max_train": args.max_train,
+        "dataset": "digits",
+        "recipe": RECIPE,
+    }
     jobs = [(m, s) for f in args.families for m in methods(f) for s in args.seeds]
     todo = [(m, s) for m, s in jobs if _cached(m, s, settings) is None]
     # Seed by seed, so a cut-short run still has whole seeds; longest first within a seed.

@@ -1,16 +1,15 @@
-"""f(ω, γ): compress a subspace network to the level at α, one handler per family."""
+"""f(ω, γ): compress a subspace network to the level at α, with its family's handler."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from models.compression import quantize, structured, unstructured
-from models.compression.structured import width as width  # re-exported
-from models.layers import LayerParams, SubspaceLayer
+from models.families.structured import width as width  # re-exported
+from models.layers import LayerParams
 
 if TYPE_CHECKING:
     from models.networks import SubspaceNet
@@ -52,24 +51,6 @@ class Level:
         return Level(self.alpha, self.gamma, self.family, self.kind, params)
 
 
-class FamilyHandler(Protocol):
-    def __call__(
-        self,
-        layer: SubspaceLayer,
-        w: torch.Tensor,
-        b: torch.Tensor | None,
-        gamma: float,
-        ctx: dict[str, Any],
-    ) -> LayerParams: ...
-
-
-HANDLERS: dict[str, FamilyHandler] = {
-    "structured": structured.compress_layer,
-    "unstructured": unstructured.compress_layer,
-    "quantization": quantize.compress_layer,
-}
-
-
 class LevelCompressor:
     """Compresses one network to any α. With `cache=True` (serving, weights frozen) it keeps
     what does not depend on α: the |w| order for point-subspace TopK and the few quantized
@@ -82,35 +63,51 @@ class LevelCompressor:
         self._ctx: dict[str, Any] = {"orders": {} if cache else None}
         self._levels: dict[float, Level] = {}
 
-    def __call__(self, alpha: float, gamma: float | None = None) -> Level:
+    def __call__(
+        self,
+        alpha: float,
+        gamma: float | None = None,
+        per_layer: Callable[[str], float] | None = None,
+    ) -> Level:
         """The level at α; `gamma` overrides γ(α) at the same ω*(α) (training's dense warm-up
-        prunes less than γ(α)) and is never cached."""
+        prunes less than γ(α)), `per_layer` gives each layer its own γ (by its key, training's
+        per-layer bit widths); neither is cached."""
         alpha = self.spec.calc.clamp(alpha)
-        if gamma is not None:
-            return self._compress(alpha, gamma)
+        if gamma is not None or per_layer is not None:
+            return self._compress(alpha, gamma, per_layer)
         if self.cache:
             with torch.no_grad():
                 return self._cached(alpha)
         return self._compress(alpha)
 
     def _cached(self, alpha: float) -> Level:
-        if self.spec.family != "quantization":
+        if not self.spec.handler.caches_levels:
             return self._compress(alpha)
-        if alpha not in self._levels:  # six bit widths at most: keep them all
+        if alpha not in self._levels:
             self._levels[alpha] = self._compress(alpha)
         return self._levels[alpha]
 
-    def _compress(self, alpha: float, gamma: float | None = None) -> Level:
+    def _compress(
+        self,
+        alpha: float,
+        gamma: float | None = None,
+        per_layer: Callable[[str], float] | None = None,
+    ) -> Level:
         gamma = self.spec.calc.gamma(alpha) if gamma is None else gamma
-        handler = HANDLERS[self.spec.family]
-        ctx = dict(self._ctx, act_quant=bool(self.net.act_quant_enabled))
+        handler = self.spec.handler
+        ctx = dict(self._ctx, act_quant=bool(self.net.act_quant_enabled), per_layer=per_layer)
         params = {}
         for layer in self.net.subspace_layers():
             w, b = layer.at(alpha)
-            params[layer.key] = handler(layer, w, b, gamma, ctx)
+            params[layer.key] = handler.compress_layer(layer, w, b, gamma, ctx)
         return Level(alpha, gamma, self.spec.family, self.spec.kind, params)
 
 
-def compress(net: SubspaceNet, alpha: float, gamma: float | None = None) -> Level:
+def compress(
+    net: SubspaceNet,
+    alpha: float,
+    gamma: float | None = None,
+    per_layer: Callable[[str], float] | None = None,
+) -> Level:
     """f(ω*(α), γ(α)) for `net`, differentiable (training); servers use a cached LevelCompressor."""
-    return LevelCompressor(net)(alpha, gamma)
+    return LevelCompressor(net)(alpha, gamma, per_layer)

@@ -47,8 +47,11 @@ class SubspaceNet(nn.Module):
 class LayerFactory:
     """Builds layers for one subspace spec, so architectures never branch on family or kind."""
 
-    def __init__(self, spec: SubspaceSpec, norm_groups: int | None = 8) -> None:
-        """`norm_groups=None`: one group per channel (InstanceNorm) in every family."""
+    def __init__(self, spec: SubspaceSpec, norm_groups: int | str | None = "family") -> None:
+        """`norm_groups`: "family" for the family's choice (the reference's 32 groups capped at
+        C; structured compression uses one per kept channel whatever this says), None for one
+        group per channel (InstanceNorm) in every family, or a count (1 where it does not
+        divide C)."""
         self.spec = spec
         self.norm_groups = norm_groups
 
@@ -60,7 +63,7 @@ class LayerFactory:
             stride=stride,
             line=self.spec.line_weights,
             role=role,
-            quantizable=self.spec.family == "quantization" and role == "hidden",
+            quantizable=self.spec.handler.observes_activations(role),
         )
 
     def norm(self, channels: int) -> SNorm:
@@ -68,8 +71,11 @@ class LayerFactory:
             return SBatchNorm(channels)
         if self.norm_groups is None:
             groups = channels
+        elif self.norm_groups == "family":
+            groups = self.spec.handler.norm_groups(channels)
         else:
-            groups = self.norm_groups if channels % self.norm_groups == 0 else 1
+            n = int(self.norm_groups)
+            groups = n if channels % n == 0 else 1
         return SNorm(channels, groups, line=self.spec.line_norms)
 
     def linear(self, cin: int, cout: int) -> SLinear:

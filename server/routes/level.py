@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field, model_validator
 
-from controller.policy import OperatorPolicy
+from controller.policy import Decision, OperatorPolicy
 from server.levels import Audit
 from server.routes.deps import DaemonDep, OperatorDep, identify
 from server.served import ServedModel
@@ -31,6 +32,10 @@ class LevelPolicy(BaseModel):
     min_alpha: float | None = Field(None, ge=0, le=1)
     max_alpha: float | None = Field(None, ge=0, le=1)
     latency_target_ms: float | None = Field(None, gt=0, le=60_000)
+    objective: Literal["share", "latency"] | None = Field(
+        None, description="auto: 'share' (a good neighbour's CPU) or 'latency' (the target only)"
+    )
+    priority: float | None = Field(None, ge=0, le=1e6, description="weight across models")
     reason: str = Field("", max_length=200, description="why, for the log")
 
     @model_validator(mode="after")
@@ -45,12 +50,14 @@ class LevelPolicy(BaseModel):
 @router.get("/level", responses={404: {}})
 async def get_level(request: Request, d: DaemonDep) -> dict[str, Any]:
     """The default model's level, policy, profile and the models served."""
-    return describe(d.registry.get(None), identify(request, d) is not None)
+    model = d.registry.get(None)
+    return describe(model, identify(request, d) is not None, _decision(d, model))
 
 
 @router.get("/models/{name}/level", responses={404: {}})
 async def get_model_level(request: Request, d: DaemonDep, name: ModelName) -> dict[str, Any]:
-    return describe(d.registry.get(name), identify(request, d) is not None)
+    model = d.registry.get(name)
+    return describe(model, identify(request, d) is not None, _decision(d, model))
 
 
 @router.put("/level", responses=WRITE_ERRORS)
@@ -67,7 +74,11 @@ async def put_model_level(
 
 async def _put(d: DaemonDep, name: str | None, body: LevelPolicy, who: str) -> dict[str, Any]:
     model = d.registry.get(name)
-    policy = to_operator_policy(model, body, d.settings.latency_target_ms / 1e3)
+    s = d.settings
+    try:
+        policy = to_operator_policy(model, body, s.latency_target_ms / 1e3, s.controller_objective)
+    except ValueError as e:  # the policy record's own checks
+        raise HTTPException(422, str(e)) from None
     log.info(
         "operator policy",
         extra={"model": model.name, "who": who, "why": body.reason, **_fields(policy)},
@@ -75,10 +86,12 @@ async def _put(d: DaemonDep, name: str | None, body: LevelPolicy, who: str) -> d
     await model.level.set_policy(policy, Audit(who, body.reason))
     if d.controller is not None:
         d.controller.wake()
-    return describe(model, operator=True)
+    return describe(model, operator=True, decision=_decision(d, model))
 
 
-def to_operator_policy(model: ServedModel, body: LevelPolicy, target_s: float) -> OperatorPolicy:
+def to_operator_policy(
+    model: ServedModel, body: LevelPolicy, target_s: float, objective: str
+) -> OperatorPolicy:
     """γ and α bounds both become α bounds (α is "higher = more accurate" in every family)."""
     calc = model.level.calc
 
@@ -103,11 +116,17 @@ def to_operator_policy(model: ServedModel, body: LevelPolicy, target_s: float) -
 
     if body.latency_target_ms is not None:
         target_s = body.latency_target_ms / 1e3
+    common = OperatorPolicy(
+        latency_target_s=target_s,
+        objective=body.objective or objective,
+        priority=1.0 if body.priority is None else body.priority,
+    )
     if body.mode == "fixed":
         alpha = check_alpha(body.alpha, "alpha")
         if alpha is None:
             alpha = alpha_of(body.gamma, "gamma")
-        return OperatorPolicy("fixed", alpha=calc.clamp(alpha), latency_target_s=target_s)  # type: ignore[arg-type]
+        assert alpha is not None  # the model validator asked for one of them
+        return replace(common, mode="fixed", alpha=calc.clamp(alpha))
     lo = check_alpha(body.min_alpha, "min_alpha")
     hi = check_alpha(body.max_alpha, "max_alpha")
     g_lo, g_hi = alpha_of(body.min_gamma, "min_gamma"), alpha_of(body.max_gamma, "max_gamma")
@@ -117,10 +136,16 @@ def to_operator_policy(model: ServedModel, body: LevelPolicy, target_s: float) -
     hi = g_hi if g_hi is not None else hi
     if lo is not None and hi is not None and lo > hi:
         raise HTTPException(422, "the lower bound is above the upper bound")
-    return OperatorPolicy("auto", min_alpha=lo, max_alpha=hi, latency_target_s=target_s)
+    return replace(common, min_alpha=lo, max_alpha=hi)
 
 
-def describe(model: ServedModel, operator: bool = False) -> dict[str, Any]:
+def _decision(d: DaemonDep, model: ServedModel) -> Decision | None:
+    return None if d.controller is None else d.controller.latest_decisions.get(model.name)
+
+
+def describe(
+    model: ServedModel, operator: bool = False, decision: Decision | None = None
+) -> dict[str, Any]:
     """What runs and why. Who set the policy is shown in full to an operator only; anyone
     else sees how (token or loopback), not from where."""
     level, change, calc, policy = (
@@ -149,6 +174,16 @@ def describe(model: ServedModel, operator: bool = False) -> dict[str, Any]:
         },
         "range": {"alpha": [calc.alpha_min, calc.alpha_max], "gamma": list(calc.gamma_range)},
         "latency_target_ms": 1e3 * policy.latency_target_s,
+        # The controller's latest decision for this model: where it wants α, why, and what
+        # it predicts there (CPU demand in cores, request latency).
+        "controller": None
+        if decision is None
+        else {
+            "alpha": decision.alpha,
+            "reason": decision.reason,
+            "demand_cores": decision.demand_cores,
+            "latency_ms": _ms(decision.latency_s),
+        },
         "profile": [
             {
                 "alpha": p.alpha,

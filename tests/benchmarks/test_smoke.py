@@ -24,6 +24,10 @@ TINY = {
     "memory": ["--arch", "small_cnn"],
     "controller_overhead": ["--seconds", "1"],
     "tier2": ["--models", "default", "--repeats", "3"],
+    "models": [
+        *("--archs", "small_cnn", "--counts", "1", "2", "--replacements", "1"),
+        *("--clients", "2", "--no-tier2"),
+    ],
     # One family, one seed, one short epoch: the run, its cache and its JSON, not the figures.
     "accuracy": [
         *("--families", "unstructured", "--seeds", "0", "--epochs", "1", "--max-train", "128"),

@@ -12,7 +12,7 @@ from models import SubspaceSpec, checkpoint, create_model
 from models.compression import LevelCompressor
 from models.data import load_digits
 from models.layers import LayerParams, SBatchNorm
-from models.train import TrainConfig, train, training_alphas
+from models.train import TrainConfig, train, training_draws
 
 
 def test_batchnorm_updates_only_the_kept_channels_statistics():
@@ -43,10 +43,10 @@ def test_batchnorm_updates_only_the_kept_channels_statistics():
 def test_baseline_levels_replace_the_subspace_sampling():
     spec = SubspaceSpec("structured", norm="batch")
     cfg = TrainConfig(norm="batch", train_gammas=(0.25, 0.5, 0.75, 1.0))
-    alphas = training_alphas(spec, cfg, random.Random(0))
-    assert [spec.calc.gamma(a) for a in alphas] == [0.25, 0.5, 0.75, 1.0]
-    sandwich = training_alphas(spec, TrainConfig(norm="batch"), random.Random(0))
-    assert sandwich[:2] == [0.0, 1.0] and len(sandwich) == 4  # the sandwich rule
+    draws = training_draws(spec, cfg, random.Random(0), 0.5)
+    assert [spec.calc.gamma(d.alpha) for d in draws] == [1.0, 0.75, 0.5, 0.25]
+    sandwich = training_draws(spec, TrainConfig(norm="batch"), random.Random(0), 0.5)
+    assert [d.alpha for d in sandwich[:2]] == [1.0, 0.0] and len(sandwich) == 4  # sandwich rule
     with pytest.raises(ValueError, match="outside"):
         TrainConfig(family="quantization", train_gammas=(2.0,))
     with pytest.raises(ValueError, match="point-subspace"):

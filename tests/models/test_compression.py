@@ -1,13 +1,11 @@
 """f(ω, γ) for each family, checked against independent computations."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from models import LevelCompressor, SubspaceSpec, compress, create_model
-from models.compression.structured import width
+from models.compression import width
 
 
 def _zeroed_copy(net, gamma):
@@ -111,7 +109,9 @@ def test_level_is_a_snapshot_unchanged_by_later_levels():
     assert all(torch.equal(a[k].weight, before[k]) for k in before)
 
 
-def test_width_rounds_up():
+def test_width_rounds_to_nearest_as_the_reference():
     assert width(64, 0.25) == 16
-    assert width(10, 0.25) == math.ceil(2.5)
+    assert width(10, 0.25) == 2  # round(2.5): Python's (and the reference's) half-to-even
+    assert width(10, 0.27) == 3
+    assert width(16, 0.37500025) == 6  # the grid's float noise no longer adds a channel
     assert width(5, 0.01) == 1

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.data import load_cifar10, load_digits, load_image_folder, random_shift
+from models.data import load_cifar10, load_dataset, load_digits, load_image_folder, random_shift
 
 
 def test_bundled_digits_hold_out_every_fifth():
@@ -14,6 +14,17 @@ def test_bundled_digits_hold_out_every_fifth():
     assert len(d.train) == 4000 and len(d.test) == 1000
     assert d.test.images.shape[1:] == (1, 28, 28)
     assert torch.bincount(d.test.labels).tolist() == [100] * 10
+
+
+def test_digits_padded_to_32_are_the_same_digits_centred():
+    d, p = load_digits(), load_dataset("digits32")
+    assert p.name == "mnist-5000-32" and p.input_size == (1, 32, 32)
+    assert torch.equal(p.test.images[:, :, 2:30, 2:30], d.test.images)
+    border = p.train.images.clone()
+    border[:, :, 2:30, 2:30] = 0
+    assert int(border.sum()) == 0
+    assert torch.equal(p.test.labels, d.test.labels)
+    assert load_dataset("mnist-5000-32").name == p.name  # the name a checkpoint records
 
 
 def test_cifar10_python_format(tmp_path):

@@ -144,12 +144,12 @@ def test_unstructured_warmup_prunes_a_growing_fraction(done):
     """Before the warm-up ends a step prunes γ(α)·done/warm-up of each hidden layer's weights."""
     from models import SubspaceSpec, create_model
     from models.compression import compress
-    from models.train import warmup_gamma
+    from models.families import Schedule
 
     spec = SubspaceSpec("unstructured")
     net = create_model("small_cnn", spec)
     alpha = 0.1  # γ(α) = 0.9
-    gamma = warmup_gamma(spec, alpha, done, warmup=0.8)
+    gamma = spec.handler.warmup_gamma(spec.calc, alpha, Schedule(done, prune_warmup=0.8))
     assert gamma == pytest.approx(0.9 * done / 0.8)
     level = compress(net, alpha, gamma)
     conv = net.convs[1]
@@ -160,8 +160,12 @@ def test_unstructured_warmup_prunes_a_growing_fraction(done):
 
 def test_warmup_ends_and_leaves_other_families_alone():
     from models import SubspaceSpec
-    from models.train import warmup_gamma
+    from models.families import Schedule
 
-    assert warmup_gamma(SubspaceSpec("unstructured"), 0.1, 0.8, warmup=0.8) is None
-    assert warmup_gamma(SubspaceSpec("structured"), 0.1, 0.1, warmup=0.8) is None
-    assert warmup_gamma(SubspaceSpec("quantization"), 0.5, 0.1, warmup=0.8) is None
+    def warmup(family, alpha, done):
+        spec = SubspaceSpec(family)
+        return spec.handler.warmup_gamma(spec.calc, alpha, Schedule(done, prune_warmup=0.8))
+
+    assert warmup("unstructured", 0.1, 0.8) is None
+    assert warmup("structured", 0.1, 0.1) is None
+    assert warmup("quantization", 0.5, 0.1) is None

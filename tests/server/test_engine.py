@@ -27,7 +27,7 @@ def make_engine(delay: float, **kw):
     calls: list[int] = []
     level = {"current": FakeLevel(1.0)}
 
-    def forward(x: torch.Tensor):
+    def forward(x: torch.Tensor, _level=None):
         calls.append(len(x))
         captured = level["current"]
         time.sleep(delay)
@@ -109,7 +109,7 @@ def test_deadline():
 def test_forward_runs_on_one_dedicated_thread():
     names = set()
 
-    def forward(x):
+    def forward(x, _level=None):
         names.add(threading.current_thread().name)
         return x, FakeLevel(1.0), "torch"
 
@@ -129,7 +129,7 @@ def test_engines_of_several_models_share_one_inference_thread():
     """Two models never run a forward pass at the same time (they would oversubscribe)."""
     running, overlaps = [0], [0]
 
-    def forward(x):
+    def forward(x, _level=None):
         running[0] += 1
         overlaps[0] += running[0] > 1
         time.sleep(0.002)
@@ -151,3 +151,31 @@ def test_engines_of_several_models_share_one_inference_thread():
 
     asyncio.run(main())
     assert overlaps[0] == 0 and running[0] == 0
+
+
+def test_requests_pinned_to_their_own_level_batch_with_their_level_only():
+    def forward(x, level=None):
+        ran = level or FakeLevel(1.0)
+        return x.flatten(1) * ran.alpha, ran, "torch"
+
+    async def main():
+        gate = threading.Event()
+        pool = inference_executor(1)
+        engine = Engine(forward, max_batch=16, max_wait_s=0, max_queue=64, executor=pool)
+        engine.start()
+        pool.submit(gate.wait)  # hold the thread so every request lands in one collection
+        low, high = FakeLevel(0.25), FakeLevel(0.5)
+        asked = [None, low, high, low, None, high]
+        tasks = [asyncio.create_task(engine.infer(torch.ones(1), soon(5), lv)) for lv in asked]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        await engine.stop()
+        pool.shutdown()
+        return asked, results
+
+    asked, results = asyncio.run(main())
+    for lv, r in zip(asked, results, strict=True):
+        want = 1.0 if lv is None else lv.alpha
+        assert r.level.alpha == want and float(r.probabilities[0]) == want
+        assert r.batch_size == 2  # the two requests of its level, not all six
