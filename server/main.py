@@ -9,6 +9,7 @@ import resource
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, ClassVar
@@ -16,15 +17,17 @@ from typing import Any, ClassVar
 import httptools
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from models.checkpoint import CheckpointError
 from server import logs
 from server.app import check_checkpoints, create_app
+from server.middleware import ANSWERED, ARRIVAL, request_id, request_id_from
 from server.settings import Settings, add_arguments, from_args
 
 __all__ = ["add_arguments", "run"]
 log = logging.getLogger("lcs.server")
+access_log = logging.getLogger("lcs.access")
 
 # Served even when max_concurrent_requests is reached: probes must see a live, loaded daemon.
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
@@ -37,6 +40,9 @@ class Limits:
     idle_timeout_s: float
     header_timeout_s: float
     body_timeout_s: float
+    # The per-request deadline, counted from the request's first byte: headers and body must
+    # arrive within it too, whatever is left of the header and body timeouts.
+    request_timeout_s: float
     max_connections: int
     max_concurrent_requests: int
 
@@ -45,11 +51,11 @@ class _Refused(Exception):
     """Raised inside a parser callback once the connection has been answered and closed."""
 
 
-def _raw_response(status: int, reason: str, extra: bytes = b"") -> bytes:
+def _raw_response(status: int, reason: str, rid: str, extra: bytes = b"") -> bytes:
     body = f'{{"error": "{reason}"}}'.encode()
     return (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n".encode()
+        f"content-length: {len(body)}\r\nconnection: close\r\nx-request-id: {rid}\r\n".encode()
         + extra
         + b"\r\n"
         + body
@@ -59,10 +65,13 @@ def _raw_response(status: int, reason: str, extra: bytes = b"") -> bytes:
 class LimitedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits it lacks (llhttp has no header limit, and
     uvicorn times out only keep-alive waits): header bytes and count → 431; idle, header and
-    body timeouts → closed (408 once a request has begun); a connection cap that evicts the
-    connection waiting longest without a request in progress; and a request cap with health
-    endpoints exempt. h11 would give the header-size limit, but not the rest, at a measured
-    20–30 % less throughput on loopback (SECURITY.md), so the limits live here."""
+    body timeouts, and the request's deadline while its headers and body arrive → closed (408
+    once a request has begun); a connection cap that evicts the connection waiting longest
+    without a request in progress; and a request cap with health endpoints exempt. Every
+    answer written here carries X-Request-ID, and the request's arrival time is stamped in
+    its scope for the deadline (server.middleware.request_deadline). h11 would give the
+    header-size limit, but not the rest, at a measured 20–30 % less throughput on loopback
+    (SECURITY.md), so the limits live here."""
 
     limits: ClassVar[Limits]
 
@@ -70,6 +79,7 @@ class LimitedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._phase = "idle"  # idle → headers → body → app → idle (keep-alive)
         self._since = time.monotonic()  # when the current phase began
+        self._arrival = self._since  # when the current request's first byte arrived
         self._timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._header_count = 0
@@ -90,7 +100,7 @@ class LimitedProtocol(HttpToolsProtocol):
         # In "headers" self.cycle is the previous request's, answered already.
         started = self._phase == "body" and self.cycle.response_started
         if status and not started:
-            self.transport.write(_raw_response(status, "Request Timeout"))
+            self._answer(status, "Request Timeout")
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app's receive() now says http.disconnect
             self.cycle.message_event.set()
@@ -100,8 +110,26 @@ class LimitedProtocol(HttpToolsProtocol):
         self._refused = True
         self._arm(None)
         if not self.transport.is_closing():
-            self.transport.write(_raw_response(status, reason, extra))
+            self._answer(status, reason, extra)
             self.transport.close()
+
+    def _answer(self, status: int, reason: str, extra: bytes = b"") -> None:
+        rid = self._request_id()
+        self.transport.write(_raw_response(status, reason, rid, extra))
+        if self._phase == "body":  # the app has the request: its log line says what we sent
+            self.scope["state"][ANSWERED] = status
+        access_log.info(
+            "answered by the connection layer",
+            extra={"status": status, "request_id": rid, "phase": self._phase},
+        )
+
+    def _request_id(self) -> str:
+        """The ID the app gave this request, else the client's if its headers got that far and
+        it is valid, else a new one: answers written here carry X-Request-ID like the app's."""
+        if self._phase not in ("headers", "body"):  # no request, or the last one's headers
+            return uuid.uuid4().hex
+        given = self.scope.get("state", {}).get("request_id")
+        return given if isinstance(given, str) else request_id_from(self.headers)
 
     # --- connection ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -148,15 +176,33 @@ class LimitedProtocol(HttpToolsProtocol):
             self._refuse(431, "Request Header Fields Too Large")
 
     def send_400_response(self, msg: str) -> None:
-        if not self._refused:  # a callback refused the request: the answer is written already
-            super().send_400_response(msg)
+        if self._refused:  # a callback refused the request: the answer is written already
+            return
+        # uvicorn's own answer to a malformed request, with the X-Request-ID added.
+        content = [STATUS_LINE[400]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend(
+            [
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: " + str(len(msg)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n",
+                b"x-request-id: " + self._request_id().encode() + b"\r\n",
+                b"\r\n",
+                msg.encode("ascii"),
+            ]
+        )
+        self.transport.write(b"".join(content))
+        self.transport.close()
 
     # --- parser callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._phase, self._since = "headers", time.monotonic()
+        self._phase = "headers"
+        self._since = self._arrival = time.monotonic()
+        self.scope["state"][ARRIVAL] = self._arrival  # the deadline counts from here
         self._header_count = 0
-        self._arm(self.limits.header_timeout_s, 408)
+        self._arm(min(self.limits.header_timeout_s, self.limits.request_timeout_s), 408)
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -174,7 +220,11 @@ class LimitedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._phase, self._since = "body", time.monotonic()
         self._header_bytes = 0
-        self._arm(self.limits.body_timeout_s, 408)
+        # The body must also be in before the request's deadline: a body trickled in within
+        # the body timeout would otherwise be served after it (the app would start its
+        # deadline only once it had the body).
+        left = self._arrival + self.limits.request_timeout_s - self._since
+        self._arm(max(0.0, min(self.limits.body_timeout_s, left)), 408)
         path = httptools.parse_url(self.url).path.decode("latin-1")
         busy = len(self.tasks) >= self.limits.max_concurrent_requests
         if busy and path not in HEALTH_PATHS:
@@ -199,6 +249,8 @@ class LimitedProtocol(HttpToolsProtocol):
 
 async def _too_busy(scope: Any, receive: Any, send: Any) -> None:
     body = b'{"error": "too many requests in progress; retry shortly"}'
+    rid = request_id(scope)
+    access_log.info("answered by the connection layer", extra={"status": 503, "request_id": rid})
     await send(
         {
             "type": "http.response.start",
@@ -208,6 +260,7 @@ async def _too_busy(scope: Any, receive: Any, send: Any) -> None:
                 (b"content-length", str(len(body)).encode()),
                 (b"retry-after", b"1"),
                 (b"connection", b"close"),
+                (b"x-request-id", rid.encode()),
             ],
         }
     )
@@ -239,6 +292,7 @@ def limits_from(settings: Settings, nofile: int) -> Limits:
         idle_timeout_s=settings.idle_timeout_s,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
+        request_timeout_s=settings.request_timeout_s,
         max_connections=min(settings.max_connections or cap, cap),
         max_concurrent_requests=settings.max_concurrent_requests,
     )

@@ -1,4 +1,5 @@
-"""ASGI middleware: the body-size cap enforced while reading; request IDs; one log line each."""
+"""ASGI middleware: the body-size cap enforced while reading; request IDs and arrival times;
+one log line each."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -78,17 +80,43 @@ async def _too_large(send: Send, limit: int) -> None:
 
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# scope["state"] key: the time.monotonic() instant the request's first byte arrived. The
+# connection layer (server/main.py) stamps it when it starts parsing; RequestLog stamps it
+# where there is no such layer (in-process tests), so every request has one.
+ARRIVAL = "arrival"
+# scope["state"] key: the status the connection layer answered with after the app had the
+# request (408: its body did not arrive in time); logged and counted instead of the app's.
+ANSWERED = "answered_by_connection"
 
 
 def request_id(scope: Scope) -> str:
     """The client's X-Request-ID if it is short and plain (it reaches logs), else a new one."""
-    for name, value in scope["headers"]:
+    return request_id_from(scope["headers"])
+
+
+def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """request_id() on raw (lower-cased name, value) header pairs, as the connection layer has
+    them before there is a scope."""
+    for name, value in headers:
         if name == b"x-request-id":
             text = value.decode("latin-1")
             if REQUEST_ID.fullmatch(text):
                 return text
             break
     return uuid.uuid4().hex
+
+
+def arrival(scope: Scope) -> float:
+    """When the request arrived (time.monotonic()); now if nothing stamped it."""
+    state = scope.setdefault("state", {})
+    return state.setdefault(ARRIVAL, time.monotonic())
+
+
+def request_deadline(scope: Scope, timeout_s: float) -> float:
+    """The time.monotonic() instant by which the request must be answered: `timeout_s` after it
+    arrived, so the time its headers and body took to arrive counts against the deadline (a
+    body trickled in within the body timeout does not get a fresh deadline once read)."""
+    return arrival(scope) + timeout_s
 
 
 class RequestLog:
@@ -105,6 +133,7 @@ class RequestLog:
         start = time.perf_counter()
         status = 500
         started = False
+        arrival(scope)
         rid = request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())
@@ -128,6 +157,7 @@ class RequestLog:
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")  # bounded label cardinality
             state = scope.get("state", {})
+            status = state.get(ANSWERED, status)
             model = state.get("model", "")  # set only once a route resolved a loaded model
             self.metrics.requests.labels(endpoint, model, str(status)).inc()
             self.metrics.request_duration.labels(endpoint, model).observe(seconds)

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import re
+import select
 import socket
 import struct
 import subprocess
@@ -22,6 +23,8 @@ import torch
 from PIL import Image
 
 from server.admission import INLINE_INSPECT_BYTES, BudgetBusy, DecodeBudget, decode_admitted
+from server.metrics import Metrics
+from server.middleware import ARRIVAL, RequestLog, request_deadline
 from server.preprocess import ImageError, Preprocessor
 from tests.helpers import ROOT, digits, encode
 from tests.server.attack import connect, peak_rss, read_all, reset_peak, rss, server
@@ -298,17 +301,20 @@ def test_concurrent_large_images_are_bounded_by_the_budget_and_ordinary_requests
 
 def test_idle_slow_header_and_slow_body_connections_are_cut_off(srv, digit):
     idle = connect(srv)
-    slow_headers = connect(srv)
-    slow_headers.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty")
+    slow_headers = connect(srv)  # an invalid request ID: the 408 carries a new one
+    slow_headers.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Request-ID: a b\r\nContent-Ty")
     slow_body = connect(srv)
     slow_body.sendall(
         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-        b"Content-Length: 100000\r\n\r\n\x89PNG"
+        b"X-Request-ID: slow-b\r\nContent-Length: 100000\r\n\r\n\x89PNG"
     )
     assert predict(srv.url, digit).status_code == 200  # served meanwhile
     assert read_all(idle) == b""  # closed, never answered (socket timeout 5 s: raises)
-    assert read_all(slow_headers).startswith(b"HTTP/1.1 408")
-    assert read_all(slow_body).startswith(b"HTTP/1.1 408")
+    got = read_all(slow_headers)
+    assert got.startswith(b"HTTP/1.1 408") and _rid(got) != "a b", got
+    assert re.fullmatch("[0-9a-f]{32}", _rid(got))
+    got = read_all(slow_body)
+    assert got.startswith(b"HTTP/1.1 408") and _rid(got) == "slow-b", got
     assert predict(srv.url, digit).status_code == 200
 
 
@@ -319,16 +325,26 @@ def _answer_or_closed(s: socket.socket) -> bytes:
         return b""
 
 
+def _rid(answer: bytes) -> str:
+    """The X-Request-ID of a raw HTTP answer ('' if it has none)."""
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    m = re.search(r"^x-request-id: (.*)$", head, re.IGNORECASE | re.MULTILINE)
+    return m.group(1).strip() if m else ""
+
+
 def test_a_1mb_header_or_too_many_headers_get_431(srv):
     s = connect(srv)
     with contextlib.suppress(OSError):  # closed while we were still sending: refused too
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2**20 + b"\r\n\r\n")
+        big = b"X-Request-ID: big-h\r\nX-Big: " + b"a" * 2**20
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n\r\n")
     got = _answer_or_closed(s)
     assert got == b"" or got.startswith(b"HTTP/1.1 431"), got[:80]
+    assert got == b"" or _rid(got) == "big-h", got[:200]  # parsed before the cut: kept
     many = b"".join(b"X-H%d: 1\r\n" % i for i in range(150))
     s = connect(srv)
-    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
-    assert _answer_or_closed(s).startswith(b"HTTP/1.1 431")
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: many-1\r\n" + many + b"\r\n")
+    got = _answer_or_closed(s)
+    assert got.startswith(b"HTTP/1.1 431") and _rid(got) == "many-1", got[:200]
     assert httpx.get(srv.url + "/healthz").status_code == 200
 
 
@@ -392,8 +408,9 @@ def test_many_idle_sockets_under_a_low_fd_limit_and_the_request_cap_spare_health
             )
             held.append(h)
         time.sleep(0.2)
-        r = predict(s.url, digit, timeout=5)
+        r = predict(s.url, digit, timeout=5, **{"X-Request-ID": "busy-1"})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.headers["x-request-id"] == "busy-1"
         assert httpx.get(s.url + "/healthz", timeout=5).status_code == 200
         assert httpx.get(s.url + "/readyz", timeout=5).status_code == 200
         for h in held:
@@ -402,6 +419,91 @@ def test_many_idle_sockets_under_a_low_fd_limit_and_the_request_cap_spare_health
         while predict(s.url, digit, timeout=5).status_code != 200:
             assert time.monotonic() < deadline, "the request cap was never released"
             time.sleep(0.05)
+
+
+# --- the deadline covers reading the request; connection-layer answers carry request IDs ---
+
+DEADLINE_S = 2
+DEADLINE_ENV = {
+    "LCS_REQUEST_TIMEOUT_S": str(DEADLINE_S),
+    "LCS_HEADER_TIMEOUT_S": "30",  # far beyond the deadline: only the deadline can cut
+    "LCS_BODY_TIMEOUT_S": "30",
+    "LCS_MAX_CONNECTIONS": "8",
+}
+
+
+def test_request_deadline_counts_from_the_arrival_the_connection_layer_stamped():
+    assert request_deadline({"state": {ARRIVAL: 100.0}}, 2.5) == 102.5
+    seen: list[float] = []
+
+    async def app(scope, receive, send) -> None:
+        seen.append(scope["state"][ARRIVAL])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def call(state: dict) -> None:
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "state": state}
+
+        async def send(_: dict) -> None:
+            pass
+
+        await RequestLog(app, Metrics())(scope, None, send)
+
+    before = time.monotonic()
+    asyncio.run(call({ARRIVAL: 7.0}))  # stamped by the connection layer: kept
+    asyncio.run(call({}))  # in-process, no connection layer: stamped on entry
+    assert seen[0] == 7.0 and before <= seen[1] <= time.monotonic()
+
+
+def _head(s: socket.socket) -> bytes:
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = s.recv(1)
+        assert chunk, out
+        out += chunk
+    return out
+
+
+def test_the_deadline_covers_the_body_and_every_connection_layer_answer_has_an_id(digit):
+    """A body trickled in within the body timeout but after the deadline: main read it all,
+    only then started the deadline and answered 200 (/v2). The connection-cap 503 (nothing
+    parsed: a new ID) and the 408s (the client's ID) carry X-Request-ID."""
+    one = {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.5] * 784}
+    v2 = json.dumps({"inputs": [one]}).encode()
+    with server(DEADLINE_ENV) as s:
+        t = connect(s, 10)
+        t.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nX-Request-ID: trickle-1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(v2)
+        )
+        held = []  # with the trickle, 8 requests in progress: the cap, nothing idle to evict
+        for i in range(7):
+            h = connect(s, 10)
+            h.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Request-ID: held-%d\r\n"
+                b"Content-Type: image/png\r\nContent-Length: 1000\r\n"
+                b"Expect: 100-continue\r\n\r\n" % i
+            )
+            assert _head(h).startswith(b"HTTP/1.1 100")  # the app is reading its body
+            held.append(h)
+        got = _answer_or_closed(connect(s, 10))
+        assert got.startswith(b"HTTP/1.1 503"), got[:300]
+        assert re.fullmatch("[0-9a-f]{32}", _rid(got)), got[:300]
+        step = len(v2) // 6 + 1
+        for i in range(6):  # the whole body by 1.5 × the deadline, long before 30 s
+            if select.select([t], [], [], DEADLINE_S / 4)[0]:
+                break  # answered (and closed): stop sending
+            t.sendall(v2[i * step : (i + 1) * step])
+        got = _answer_or_closed(t)
+        assert got.startswith(b"HTTP/1.1 408") and _rid(got) == "trickle-1", got[:300]
+        for i, h in enumerate(held):  # cut by the deadline (the socket timeout is 10 s)
+            got = _answer_or_closed(h)
+            assert got.startswith(b"HTTP/1.1 408") and _rid(got) == f"held-{i}", got[:300]
+        assert predict(s.url, digit).status_code == 200
+        time.sleep(0.1)
+        lines = [json.loads(x) for x in s.output().splitlines() if x.startswith("{")]
+    logged = {x["request_id"]: x["status"] for x in lines if x.get("message") == "request"}
+    assert logged["trickle-1"] == 408 and logged["held-0"] == 408  # as answered, not the app's
 
 
 # --- consistent limits and the audit log ---------------------------------------------------
