@@ -178,7 +178,10 @@ def run_mode(mode: str, ckpt: Path, png: bytes, args: argparse.Namespace) -> dic
             sampler.stop()
     rows = sampler.rows
     before = [r["m"] for r in rows if r["t"] < h0 and "m" in r]
-    first_down = next((r["t"] for r in rows if h0 <= r["t"] and r.get("m", top) < top - 1e-9), None)
+    # a reaction is a compression while the hog runs; recovery is counted only after one
+    first_down = next(
+        (r["t"] for r in rows if h0 <= r["t"] < h1 and r.get("m", top) < top - 1e-9), None
+    )
     back = next((r["t"] for r in rows if r["t"] >= h1 and r.get("m", -1) >= top - 1e-9), None)
     during = [r["m"] for r in rows if h0 <= r["t"] < h1 and "m" in r]
     settled = h0 + min(2.0, args.hog / 2)  # after the reaction: what the daemon uses in the hog
@@ -191,12 +194,14 @@ def run_mode(mode: str, ckpt: Path, png: bytes, args: argparse.Namespace) -> dic
         "recover_s": None if back is None or first_down is None else back - h1,
         "min_alpha_hog": min(during) if during else None,
         "mean_alpha_hog": statistics.fmean(during) if during else None,
-        "cpu_cores_before": rate_of(rows, "cpu_s", h0 - args.before + 1, h0),
+        "cpu_cores_before": rate_of(rows, "cpu_s", h0 - max(args.before - 1, args.before / 2), h0),
         "cpu_cores_hog": own,
         "cpu_ms_per_request_hog": None
         if own is None or not n_hog
         else 1e3 * own * (h1 - settled) / n_hog,
-        "idle_cores_before": rate_of(rows, "idle_s", h0 - args.before + 1, h0),
+        "idle_cores_before": rate_of(
+            rows, "idle_s", h0 - max(args.before - 1, args.before / 2), h0
+        ),
         "idle_cores_hog": rate_of(rows, "idle_s", settled, h1),
         "idle_cores_after": rate_of(rows, "idle_s", h1, h1 + args.after),
         "p95_ms_hog": p95_ms(window(traffic.samples, settled, h1)),

@@ -257,9 +257,9 @@ def goals_text(d: dict[str, Any]) -> str:
             f"{100 * g['forward_fraction']:.0f} %",
             f"{100 * g['pinned_over']:.1f} %",
             f"{100 * g['adaptive_over']:.1f} %",
-            f"{g['ratio']:.1f}×",
+            "n/a" if g["ratio"] is None else f"{g['ratio']:.1f}×",
             g["goal"],
-            "met" if g["met"] else "**not met**",
+            {True: "met", False: "**not met**", None: "-"}[g["met"]],
         ]
         for g in goals
     ]
