@@ -205,8 +205,19 @@ def adaptation_section(d: dict[str, Any]) -> str:
         ]
         for r in d["rows"]
     ]
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
-    labels = [f"{r['model']}\ncpu {r['burners']}\n{r['mode']}" for r in d["rows"]]
+    # wide enough for one readable label per bar, however many models ran
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(d["rows"])), 3.5), dpi=110)
+    short = {"cpreresnet20": "c20", "c20digits": "c20 digits", "adaptive": "adapt"}
+    labels = [
+        "\n".join(
+            (
+                short.get(r["model"], r["model"]),
+                f"cpu {r['burners']}",
+                short.get(r["mode"], r["mode"]),
+            )
+        )
+        for r in d["rows"]
+    ]
     ax.bar(
         labels,
         [100 * r["over_target"] for r in d["rows"]],
