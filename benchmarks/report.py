@@ -205,8 +205,19 @@ def adaptation_section(d: dict[str, Any]) -> str:
         ]
         for r in d["rows"]
     ]
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
-    labels = [f"{r['model']}\ncpu {r['burners']}\n{r['mode']}" for r in d["rows"]]
+    # wide enough for one readable label per bar, however many models ran
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(d["rows"])), 3.5), dpi=110)
+    short = {"cpreresnet20": "c20", "c20digits": "c20 digits", "adaptive": "adapt"}
+    labels = [
+        "\n".join(
+            (
+                short.get(r["model"], r["model"]),
+                f"cpu {r['burners']}",
+                short.get(r["mode"], r["mode"]),
+            )
+        )
+        for r in d["rows"]
+    ]
     ax.bar(
         labels,
         [100 * r["over_target"] for r in d["rows"]],
@@ -219,12 +230,13 @@ def adaptation_section(d: dict[str, Any]) -> str:
     plt.close(fig)
     return (
         "## Adaptation under contention\n\n`python -m benchmarks.adaptation`: sequential "
-        "requests for 15 s under `stress-ng --cpu N`, the adaptive daemon against the same "
+        f"requests for {d.get('seconds', 15):.0f} s under `stress-ng --cpu N`, the adaptive "
+        "daemon (default `share` objective) against the same "
         "daemon pinned at full accuracy, 1 torch thread, "
         f"tier 2 {'on' if d.get('tier2') else 'off'}. Target = 1.6× the idle full-width "
-        "latency; the first 3 s (reaction time) are left out. Accuracy is the held-out "
-        "accuracy of the levels that served (the ResNet18-shaped model has random weights: "
-        "n/a).\n\n"
+        "latency; the first min(3 s, half the run) (reaction time) are left out. Accuracy "
+        "is the held-out accuracy of the levels that served (the ResNet18- and "
+        "cPreResNet20-shaped models have random weights: n/a).\n\n"
         + table(
             [
                 "model",
@@ -239,7 +251,154 @@ def adaptation_section(d: dict[str, Any]) -> str:
             ],
             rows,
         )
+        + goals_text(d)
         + "\n\n![adaptation](benchmarks/results/plots/adaptation.png)\n"
+    )
+
+
+def goals_text(d: dict[str, Any]) -> str:
+    """Issue 16's goals for the adaptation rows, met or not (computed by the benchmark)."""
+    goals = d.get("goals")
+    if not goals:
+        return ""
+    rows = [
+        [
+            g["model"],
+            g["burners"],
+            f"{100 * g['forward_fraction']:.0f} %",
+            f"{100 * g['pinned_over']:.1f} %",
+            f"{100 * g['adaptive_over']:.1f} %",
+            "n/a" if g["ratio"] is None else f"{g['ratio']:.1f}×",
+            g["goal"],
+            {True: "met", False: "**not met**", None: "-"}[g["met"]],
+        ]
+        for g in goals
+    ]
+    return (
+        "\n\nGoals (issue 16): ≥ 10× fewer misses than pinned wherever the forward pass is at "
+        "least half of an idle request, and never worse than pinned on the default model "
+        "(a run with no adaptive miss counts as one miss).\n\n"
+        + table(
+            [
+                "model",
+                "burners",
+                "forward / request",
+                "pinned over",
+                "adaptive over",
+                "pinned / adaptive",
+                "goal",
+                "",
+            ],
+            rows,
+        )
+    )
+
+
+def hog_section(d: dict[str, Any]) -> str:
+    def v(x: float | None, f: str = ".2f") -> str:
+        return "n/a" if x is None else format(x, f)
+
+    rows = [
+        [
+            r["mode"],
+            "yes" if r["at_top_before"] else "no",
+            v(r["compress_s"]),
+            v(r["recover_s"]),
+            v(r["min_alpha_hog"]),
+            v(r["cpu_cores_before"]),
+            v(r["cpu_cores_hog"]),
+            v(r["cpu_ms_per_request_hog"]),
+            v(r["p95_ms_hog"], ".1f"),
+            f"{v(r['idle_cores_before'])} / {v(r['idle_cores_hog'])} / {v(r['idle_cores_after'])}",
+        ]
+        for r in d["rows"]
+    ]
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    for r, style in zip(d["rows"], ("-", "--", ":"), strict=False):
+        t = [p[0] for p in r["trace"]]
+        ax.step(t, [p[1] for p in r["trace"]], style, where="post", label=r["mode"], lw=1.8)
+    hog = d["rows"][0]["hog_s"] if d["rows"] else d["hog"]
+    ax.axvspan(0, hog, color="tab:red", alpha=0.12, label=f"stress-ng --cpu {d['burners']}")
+    ax.set_xlabel("s from the hog's start")
+    ax.set_ylabel("served α")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "hog.png")
+    plt.close(fig)
+    return (
+        "## Hog reaction\n\n`python -m benchmarks.hog`: one "
+        f"{d['arch']} model (random weights, tier 1 only, 1 torch thread), {d['rate']:.0f} "
+        f"paced requests/s; `stress-ng --cpu {d['burners']}` for {d['hog']:.0f} s after "
+        f"{d['before']:.0f} s of traffic, then {d['after']:.0f} s more. Compress / recover: "
+        "from the hog's start to the first served α below the top, from its end to the top "
+        "again. Daemon CPU: its process tree (psutil), in cores, in the hog after 2 s of "
+        f"reaction. Latency target {d['target_ms']:.0f} ms. Idle cores are the whole "
+        "machine's (/proc/stat): near 0 means other work kept it saturated, and a good "
+        "neighbour then has nothing to widen into.\n\n"
+        + table(
+            [
+                "mode",
+                "at top before",
+                "compress s",
+                "recover s",
+                "lowest α",
+                "cores before",
+                "cores in hog",
+                "CPU ms / request",
+                "p95 ms in hog",
+                "idle cores before / hog / after",
+            ],
+            rows,
+        )
+        + "\n\n![hog](benchmarks/results/plots/hog.png)\n"
+    )
+
+
+def budget_section(d: dict[str, Any]) -> str:
+    names = list(d["rates"])
+    rows = [
+        [
+            r["mode"],
+            f"{100 * r['weighted_accuracy']:.2f} %",
+            f"{100 * r['over_target']:.1f} %",
+            "n/a" if r["daemon_cores"] is None else f"{r['daemon_cores']:.2f}",
+            *(
+                f"{r['models'][m]['mean_alpha']:.2f} / {100 * r['models'][m]['over_target']:.0f} %"
+                if m in r["models"]
+                else "n/a"
+                for m in names
+            ),
+        ]
+        for r in d["rows"]
+    ]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(7, 3), dpi=110)
+    modes = [r["mode"] for r in d["rows"]]
+    a1.bar(modes, [100 * r["weighted_accuracy"] for r in d["rows"]], color="tab:blue")
+    lo = min(100 * r["weighted_accuracy"] for r in d["rows"])
+    a1.set_ylim(max(0, lo - 5), 100)
+    a1.set_ylabel("traffic-weighted accuracy (%)")
+    a2.bar(modes, [100 * r["over_target"] for r in d["rows"]], color="tab:red")
+    a2.set_ylabel("requests over target (%)")
+    fig.tight_layout()
+    fig.savefig(PLOTS / "budget.png")
+    plt.close(fig)
+    rates = ", ".join(f"{m} {d['rates'][m]:.0f}/s" for m in names)
+    return (
+        "## One budget, three models\n\n`python -m benchmarks.budget`: the three bundled digit "
+        f"models ({rates}, paced), `stress-ng --cpu {d['burners']}` for {d['hog']:.0f} s; "
+        "figures over the hog after 3 s of reaction. **joint**: one daemon, one controller "
+        "allocating one CPU budget (`share`). **separate**: a daemon per model, each "
+        "controller on its own (each sees the others as other work). **static**: one daemon, "
+        "each model fixed at the most accurate level whose profiled forward demand (rate × "
+        "forward latency) fits in an equal split of the fair share the daemon's inference "
+        "thread gets against the burners (cores / (burners + 1), less 20 % headroom). Target "
+        "per model: 1.6× its median latency before the hog in the first run, the same for "
+        "every mode. Per model: mean α / share over target.\n\n"
+        + table(
+            ["mode", "weighted accuracy", "over target", "daemon cores", *names],
+            rows,
+        )
+        + "\n\n![budget](benchmarks/results/plots/budget.png)\n"
     )
 
 
@@ -446,6 +605,8 @@ def main() -> None:
         ("speedup", speedup_section),
         ("server_load", server_section),
         ("adaptation", adaptation_section),
+        ("hog", hog_section),
+        ("budget", budget_section),
         ("peers", peers_section),
         ("memory", memory_section),
         ("tier2", tier2_section),
