@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps serve test lint format bench accuracy soak fuzz default-model image-test deploy-check clean
+.PHONY: setup system-deps serve test lint format bench accuracy soak soak-attack fuzz default-model image-test deploy-check proto clean
 
 setup: $(STAMP)
 
@@ -73,6 +73,14 @@ fuzz: setup
 # Not in CI: sustained load with level changes; resident memory growth and errors.
 soak: setup system-deps
 	$(BIN)/python -m benchmarks.soak --minutes 5
+
+# Ordinary clients at a steady rate while every attacker class of SECURITY.md comes and goes.
+soak-attack: setup system-deps
+	$(BIN)/python -m benchmarks.soak --attack --minutes 2
+
+# Regenerates the gRPC stubs in server/protocol/ from server/protocol/inference.proto.
+proto: setup
+	$(BIN)/python -m server.protocol.generate
 
 # Builds the Dockerfile with podman (a local Debian base: no registry here) and runs it.
 image-test: setup

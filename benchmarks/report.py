@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from benchmarks.common import RESULTS
+from benchmarks.soak import attack_section
 
 ROOT = Path(os.environ.get("LCS_BENCH_REPORT_DIR", Path(__file__).resolve().parent.parent))
 PLOTS = RESULTS / "plots"
@@ -613,6 +614,7 @@ def main() -> None:
         ("controller_overhead", overhead_section),
         ("models", models_section),
         ("soak", soak_section),
+        ("soak_attack", attack_section),
     ):
         d = load(name)
         if d is not None:

@@ -116,11 +116,20 @@ class DecodeBudget:
 
 
 async def decode_admitted(
-    pool: Executor, preprocess: Preprocessor, budget: DecodeBudget, data: bytes, deadline: float
+    pool: Executor,
+    preprocess: Preprocessor,
+    budget: DecodeBudget,
+    data: bytes,
+    deadline: float,
+    large_pool: Executor | None = None,
 ) -> torch.Tensor:
     """Header check → reserve the decoded bytes → decode in `pool` → release. Raises ImageError
     (400 not an image, 413 over the pixel cap or the whole budget, 415 not an allowed format),
-    BudgetBusy (429: the budget stayed full until `deadline`), DecodeDeadline (504)."""
+    BudgetBusy (429: the budget stayed full until `deadline`), DecodeDeadline (504).
+
+    An image costing more than the budget's small share decodes in `large_pool`, when given:
+    under attack, two 3000² decodes holding both threads of one pool made ordinary images
+    wait behind them (benchmarks/soak.py --attack: ordinary p50 18 ms → 1.1 s)."""
     if len(data) <= INLINE_INSPECT_BYTES:
         ins = preprocess.inspect(data)
     else:
@@ -128,8 +137,9 @@ async def decode_admitted(
     nbytes = ins.cost_bytes
     await budget.acquire(nbytes, deadline)
     loop = asyncio.get_running_loop()
+    lane = large_pool if large_pool is not None and nbytes > budget.small else pool
     try:
-        cf = pool.submit(_decode, preprocess, ins, nbytes)
+        cf = lane.submit(_decode, preprocess, ins, nbytes)
     except BaseException:
         budget.release(nbytes)
         raise

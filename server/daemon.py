@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from starlette.types import Scope
 
 from controller.loop import Controller, Plant
 from controller.policy import Decision
@@ -19,6 +20,7 @@ from server.admission import DecodeBudget
 from server.engine import inference_executor
 from server.exporter import Exporter
 from server.metrics import Metrics
+from server.middleware import request_deadline
 from server.registry import ModelRegistry
 from server.served import ServedModel, Shared
 from server.settings import Settings
@@ -56,9 +58,12 @@ class Daemon:
     def decode_pool(self) -> ThreadPoolExecutor:
         return self.shared.decode_pool
 
-    def deadline(self) -> float:
-        """A request received now must be answered by this time.monotonic() instant."""
-        return time.monotonic() + self.settings.request_timeout_s
+    def deadline(self, scope: Scope | None = None) -> float:
+        """The time.monotonic() instant a request must be answered by: the timeout after its
+        first byte arrived (the connection layer stamps it), else after now."""
+        if scope is None:
+            return time.monotonic() + self.settings.request_timeout_s
+        return request_deadline(scope, self.settings.request_timeout_s)
 
     def in_flight(self) -> int:
         return sum(m.service.in_flight for m in self.registry.models.values())
@@ -127,6 +132,7 @@ async def start(settings: Settings, metrics: Metrics) -> Daemon:
         threads,
         inference_executor(threads),
         ThreadPoolExecutor(2, thread_name_prefix="lcs-decode"),
+        ThreadPoolExecutor(1, thread_name_prefix="lcs-decode-large"),
         DecodeBudget(settings.decode_budget_bytes()),
         Exporter(settings.tier2_exporter_idle_s) if settings.tier2_enabled else None,
     )
@@ -184,6 +190,7 @@ async def stop(daemon: Daemon) -> None:
         daemon.shared.exporter.close()
     daemon.shared.inference.shutdown(wait=False, cancel_futures=True)
     daemon.shared.decode_pool.shutdown(wait=False, cancel_futures=True)
+    daemon.shared.large_decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def inference_threads(settings: Settings) -> int:

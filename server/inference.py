@@ -53,6 +53,7 @@ class InferenceService:
         level: LevelState,
         preprocess: Preprocessor,
         decode_pool: Executor,
+        large_pool: Executor,
         budget: DecodeBudget,
         metrics: ModelMetrics,
         *,
@@ -60,7 +61,7 @@ class InferenceService:
         tier2: Tier2 | None = None,
     ) -> None:
         self.net, self.level, self.preprocess = net, level, preprocess
-        self.decode_pool, self.budget = decode_pool, budget
+        self.decode_pool, self.large_pool, self.budget = decode_pool, large_pool, budget
         self.metrics, self.tier2 = metrics, tier2
         self.max_images = max_images
         self.engine: Engine | None = None  # set by the model's start-up, which owns the engine
@@ -141,7 +142,9 @@ class InferenceService:
         """One image: header check, its decoded bytes reserved from the daemon's decode budget,
         then decoded in the pool (never on the event loop). Per-image tasks, so one request of
         many large images cannot hold the pool for everyone else."""
-        return await decode_admitted(self.decode_pool, self.preprocess, self.budget, data, deadline)
+        return await decode_admitted(
+            self.decode_pool, self.preprocess, self.budget, data, deadline, self.large_pool
+        )
 
     async def _infer(
         self, xs: list[torch.Tensor], deadline: float, alpha: float | None = None

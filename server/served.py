@@ -41,6 +41,7 @@ class Shared:
     threads: int  # torch intra-op threads (from the CPU quota)
     inference: ThreadPoolExecutor  # the one inference thread
     decode_pool: ThreadPoolExecutor
+    large_decode_pool: ThreadPoolExecutor  # images over the budget's small share: own lane
     decode_budget: DecodeBudget  # bytes of images being decoded at once, across models
     exporter: Exporter | None  # tier 2's export process, shared; None when tier 2 is off
 
@@ -100,6 +101,7 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
         level,
         Preprocessor(c, h, w, tuple(meta.mean), tuple(meta.std), s.max_pixels),
         shared.decode_pool,
+        shared.large_decode_pool,
         shared.decode_budget,
         metrics,
         # The queue must be able to hold a whole request, or it could never be served.

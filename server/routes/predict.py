@@ -168,7 +168,7 @@ async def predict_batch_model(
 async def _predict(
     request: Request, d: ReadyDep, name: str | None, top_k: int, hints: Hints
 ) -> PredictResponse:
-    received, deadline = time.perf_counter(), d.deadline()
+    received, deadline = time.perf_counter(), d.deadline(request.scope)
     d.registry.get(name)  # 404 before reading a body for a model that does not exist
     data = await read_one_image(request)
     # Resolved again after the read, and entered at once: a replacement that happened
@@ -183,7 +183,7 @@ async def _predict(
 async def _batch(
     request: Request, d: ReadyDep, name: str | None, top_k: int, hints: Hints
 ) -> BatchResponse:
-    received, deadline = time.perf_counter(), d.deadline()
+    received, deadline = time.perf_counter(), d.deadline(request.scope)
     d.registry.get(name)
     uploads = await read_uploads(request, d.settings.max_batch_images)
     datas = [await up.read() for up in uploads]

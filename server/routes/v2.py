@@ -202,7 +202,7 @@ async def _infer(
     request: Request, d: DaemonDep, model: ServedModel, body: bytes, received: float
 ) -> Response:
     """body bytes → InferCall (off the loop when large) → the model's InferenceService → body."""
-    deadline = d.deadline()
+    deadline = d.deadline(request.scope)
     request.state.model = model.name
     limits = oip.Limits(tuple(model.meta.input_size), d.settings.max_batch_images)
     length = request.headers.get(oip.HEADER_LENGTH)
