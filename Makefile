@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps serve test lint format bench accuracy soak soak-attack fuzz default-model image-test deploy-check proto clean
+.PHONY: setup system-deps serve test lint format bench accuracy soak soak-attack fuzz default-model image-test deploy-check proto digits-cpreresnet20 clean
 
 setup: $(STAMP)
 
@@ -94,6 +94,13 @@ deploy-check: setup system-deps
 default-model: setup
 	$(BIN)/lcs train --arch small_cnn --family structured --kind point --epochs 20 --seed 0 \
 	  --threads 2 --out models/weights/digits_structured_point.safetensors
+
+# The compute-bound digits model (about an hour on one core; resumable).
+digits-cpreresnet20: setup
+	nice -n 19 $(BIN)/lcs train --arch cpreresnet20 --family structured --kind point \
+	  --dataset digits32 --epochs 28 --seed 0 --threads 1 --no-progress \
+	  --state runs/digits_cpreresnet20.state.pt --resume \
+	  --out models/weights/digits_cpreresnet20.safetensors
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache runs

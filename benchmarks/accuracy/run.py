@@ -58,7 +58,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="parallel trainings, 1 thread each")
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "accuracy"), help="checkpoints")
     ap.add_argument("--ship", action="store_true", help="copy each family's best LCS model")
+    ap.add_argument("--methods", nargs="+", metavar="LABEL", help="only these (smoke runs)")
     args = ap.parse_args()
+    chosen = set(args.methods or [])
+
+    def selected(family: str) -> list[Method]:
+        return [m for m in methods(family) if not chosen or m.label in chosen]
 
     settings = {
         "epochs": args.epochs,
@@ -66,14 +71,14 @@ def main() -> None:
         "dataset": "digits",
         "recipe": RECIPE,
     }
-    jobs = [(m, s) for f in args.families for m in methods(f) for s in args.seeds]
+    jobs = [(m, s) for f in args.families for m in selected(f) for s in args.seeds]
     todo = [(m, s) for m, s in jobs if _cached(m, s, settings) is None]
     # Seed by seed, so a cut-short run still has whole seeds; longest first within a seed.
     todo.sort(key=lambda job: (job[1], -job[0].passes))
     print(f"{len(jobs)} trainings, {len(jobs) - len(todo)} cached, {len(todo)} to run", flush=True)
     _run(todo, settings, args)
 
-    results = {f: _collect(f, args.seeds, settings) for f in args.families}
+    results = {f: _collect(selected(f), args.seeds, settings) for f in args.families}
     path = RESULTS / "accuracy.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -145,10 +150,12 @@ def _plain(m: Method) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(m)))
 
 
-def _collect(family: str, seeds: list[int], settings: dict[str, Any]) -> list[dict[str, Any]]:
+def _collect(
+    chosen: list[Method], seeds: list[int], settings: dict[str, Any]
+) -> list[dict[str, Any]]:
     """Per method: accuracy per γ for every seed, and its mean and sample deviation."""
     out = []
-    for m in methods(family):
+    for m in chosen:
         per_seed = {s: _cached(m, s, settings) for s in seeds}
         by_gamma: dict[float, list[float]] = {}
         for record in per_seed.values():

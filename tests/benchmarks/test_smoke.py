@@ -31,6 +31,7 @@ TINY = {
     # One family, one seed, one short epoch: the run, its cache and its JSON, not the figures.
     "accuracy": [
         *("--families", "unstructured", "--seeds", "0", "--epochs", "1", "--max-train", "128"),
+        *("--methods", "LCS+P+IN", "LCS+L+IN", "TopK 0.9"),  # LCS and a per-level yardstick
         *("--runs-dir", "{results}/checkpoints"),
     ],
     "accuracy.table2": ["--archs", "cpreresnet20", "--repeats", "1"],
