@@ -342,3 +342,26 @@ def test_grpc_calls_are_counted_like_http_requests(srv):
     )
     assert line is not None, "no gRPC ModelInfer series"
     assert float(line.rsplit(" ", 1)[1]) >= 6  # the subprocess's and KServe's calls at least
+
+
+def test_tritonclient_http_loads_and_unloads_with_the_operator_token(srv):
+    """Model control through Triton's own HTTP client: load (a replacement, version +1) and
+    unload with the token, refusals without it."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    c = httpclient.InferenceServerClient(srv.url.removeprefix("http://"))
+    with pytest.raises(InferenceServerException) as e:
+        c.load_model("spare")
+    assert "token" in str(e.value)
+    before = {m["name"]: m for m in c.get_model_repository_index()}["spare"]
+    c.load_model("spare", headers=auth)
+    after = {m["name"]: m for m in c.get_model_repository_index()}["spare"]
+    assert int(after["version"]) == int(before["version"]) + 1
+    c.unload_model("spare", headers=auth)
+    assert not c.is_model_ready("spare")
+    assert {m["name"]: m for m in c.get_model_repository_index()}["spare"]["state"] != "READY"
+    c.load_model("spare", headers=auth)
+    assert c.is_model_ready("spare")
+    c.close()
