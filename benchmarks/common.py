@@ -14,19 +14,16 @@ from typing import Any
 
 import torch
 
+from models.profile import sample_seconds
+
 # LCS_BENCH_RESULTS redirects output (the smoke test must not overwrite published results).
 RESULTS = Path(os.environ.get("LCS_BENCH_RESULTS", Path(__file__).parent / "results"))
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, float]:
     """Median and interquartile range of `fn` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t0))
+    samples = sample_seconds(fn, most=repeats, least=repeats, warmup=warmup)
+    times = [1e3 * s for s in samples]
     q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
     return {"median_ms": statistics.median(times), "p25_ms": q[0], "p75_ms": q[-1], "n": len(times)}
 

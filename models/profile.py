@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -15,7 +16,14 @@ from models.families.structured import TABLE2_WIDTHS
 from models.levels import SubspaceSpec
 from models.networks import ARCHITECTURES, SubspaceNet, create_model
 
-__all__ = ["TABLE2_WIDTHS", "count_macs", "profile", "weight_bytes"]
+__all__ = [
+    "TABLE2_WIDTHS",
+    "count_macs",
+    "median_seconds",
+    "profile",
+    "sample_seconds",
+    "weight_bytes",
+]
 
 
 def count_macs(net: SubspaceNet, level: Level, input_size: Sequence[int]) -> int:
@@ -33,15 +41,37 @@ def weight_bytes(net: SubspaceNet, level: Level) -> int:
     return sum(handler.weight_bytes(m, level[m.key], level) for m in net.subspace_layers())
 
 
+def sample_seconds(
+    fn: Callable[[], object],
+    *,
+    most: int,
+    least: int = 3,
+    budget_s: float = math.inf,
+    warmup: int = 1,
+) -> list[float]:
+    """Wall times of `fn`: `warmup` untimed calls, then at least `least` and at most `most`
+    timed ones, stopping once `budget_s` has passed. The one timing loop of the project (the
+    profile here, tier 2's session timing, the benchmarks)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < most and (len(times) < least or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def median_seconds(fn: Callable[[], object], budget_s: float, most: int = 30) -> float:
+    """Median of `sample_seconds` within a time budget (tier 2 times each new session so)."""
+    return statistics.median(sample_seconds(fn, most=most, budget_s=budget_s))
+
+
 def median_latency(net: SubspaceNet, level: Level, x: torch.Tensor, repeats: int) -> float:
     """Median seconds of one forward pass, after two warm-up passes."""
-    times = []
     with torch.inference_mode():
-        for i in range(repeats + 2):
-            t0 = time.perf_counter()
-            net(x, level)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
+        times = sample_seconds(lambda: net(x, level), most=repeats, least=repeats, warmup=2)
     return statistics.median(times)
 
 

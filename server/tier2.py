@@ -16,9 +16,9 @@ import torch
 
 from models import Level, SubspaceNet
 from models.export import to_onnx
+from models.profile import median_seconds
 from server.exporter import Exporter, ExporterDied
 from server.metrics import Metrics
-from server.timing import median_seconds
 
 log = logging.getLogger("lcs.server")
 
