@@ -133,7 +133,7 @@ class RequestIdSpan:
 
 def tag_request(request_id: str) -> None:
     """The request ID on the current (request) span; for gRPC, call it where the ID is known."""
-    if _tracer is not None:
+    if _tracer is not None and request_id:
         trace.get_current_span().set_attribute("lcs.request_id", request_id)
 
 
