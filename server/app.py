@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from models import checkpoint
-from server import daemon
+from server import daemon, tracing
 from server.admission import BudgetBusy, DecodeDeadline
 from server.errors import DeadlineExceeded, QueueFull, ServingError, TooMany
 from server.grpc_server import start_grpc
@@ -29,6 +29,7 @@ log = logging.getLogger("lcs.server")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    tracing.setup(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLog, metrics=app.state.metrics)
+    tracing.instrument(app)  # a no-op unless tracing is on
     return app
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from models import Level
+from server import tracing
 from server.errors import DeadlineExceeded, QueueFull
 
 
@@ -31,6 +32,7 @@ class _Item:
     future: asyncio.Future[Result]
     level: Level | None = None  # a request's own level (a hint); None: the current one
     enqueued: float = field(default_factory=time.perf_counter)
+    trace: object = field(default_factory=tracing.capture)  # its span context; None: off
 
 
 # (batch, the level asked for or None for the current one) -> (probs, level run, tier)
@@ -130,6 +132,7 @@ class Engine:
                 i.future.set_result(
                     Result(row, level, tier, start - i.enqueued, seconds, len(batch))
                 )
+        tracing.batch_done(batch, level, tier, start, seconds)
 
     def _run_batch(
         self, xs: list[torch.Tensor], level: Level | None

@@ -17,6 +17,7 @@ from controller.hints import hinted_level
 from controller.policy import LevelPoint, Profile
 from controller.readings import ModelFeedback
 from models import Level, SubspaceNet
+from server import tracing
 from server.admission import DecodeBudget, decode_admitted
 from server.engine import Engine, Result
 from server.errors import DeadlineExceeded, HintError, NotReady, TooMany
@@ -63,6 +64,7 @@ class InferenceService:
         self.net, self.level, self.preprocess = net, level, preprocess
         self.decode_pool, self.large_pool, self.budget = decode_pool, large_pool, budget
         self.metrics, self.tier2 = metrics, tier2
+        level.model = metrics.name  # its level-switch spans name the model
         self.max_images = max_images
         self.engine: Engine | None = None  # set by the model's start-up, which owns the engine
         # For hints: the profile (set once measured) and the controller's latency prediction.
@@ -83,9 +85,10 @@ class InferenceService:
         self.in_flight += 1
         try:
             start = time.perf_counter()
-            xs = await self._within(
-                deadline, asyncio.gather(*(self._decode(d, deadline) for d in images))
-            )
+            with tracing.span("decode", {"lcs.images": len(images)}):
+                xs = await self._within(
+                    deadline, asyncio.gather(*(self._decode(d, deadline) for d in images))
+                )
             decode_s = time.perf_counter() - start
             results = await self._infer(xs, deadline, alpha)
             return self._done([replace(r, decode_s=decode_s) for r in results], received)
@@ -152,7 +155,8 @@ class InferenceService:
         assert self.engine is not None
         engine = self.engine
         level = None if alpha is None else await self.level.level_at(alpha)
-        results = await asyncio.gather(*(engine.infer(x, deadline, level) for x in xs))
+        with tracing.model(self.metrics.name):  # queued requests carry it to their spans
+            results = await asyncio.gather(*(engine.infer(x, deadline, level) for x in xs))
         for r in results:
             self.metrics.queue_wait.observe(r.queue_s)
         return list(results)

@@ -13,6 +13,7 @@ import torch
 
 from controller.policy import OperatorPolicy
 from models import Calculator, Level, LevelCompressor, SubspaceNet
+from server import tracing
 
 log = logging.getLogger("lcs.server")
 
@@ -49,6 +50,7 @@ class LevelState:
 
     def __init__(self, net: SubspaceNet, calc: Calculator, policy: OperatorPolicy) -> None:
         self.calc = calc
+        self.model = ""  # its name, for tracing (set by the model's InferenceService)
         self.policy, self.audit = policy, Audit()
         self._levels = LevelCompressor(net, cache=True)
         self._builder = ThreadPoolExecutor(1, thread_name_prefix="lcs-recompress")
@@ -99,6 +101,7 @@ class LevelState:
         )
         if gen != self._generation:
             return None  # a later switch wins
+        tracing.level_switch(self.model, self.current, level, reason, seconds)
         self.current = level  # the atomic swap
         self.last_change = Change(level.alpha, level.gamma, reason)
         log.info(

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     # Requests in progress; over it → 503 + Retry-After, except the health endpoints.
     max_concurrent_requests: int = Field(512, ge=1)
 
+    # Tracing (issue 17)
+    # OTLP/HTTP collector base URL (e.g. http://collector:4318) → tracing on; the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_TRACES_EXPORTER=otlp do the same (server/tracing.py).
+    otel_endpoint: str | None = None
+
     def decode_budget_bytes(self) -> int:
         from server.admission import default_budget_bytes
 
