@@ -17,7 +17,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from server import oip
+from server import oip, tracing
 from server.protocol import inference_pb2 as pb
 from server.protocol import inference_pb2_grpc as pb_grpc
 
@@ -141,7 +141,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         else:
             call = parse_grpc(request, limits, model.name)
         results = await run_call(model, call, self._deadline(context), received)
-        return encode_grpc(model, call, results, _request_id(call, context))
+        rid = _request_id(call, context)
+        tracing.tag_request(rid)
+        return encode_grpc(model, call, results, rid)
 
     def _deadline(self, context: Any) -> float:
         timeout = float(self.daemon.settings.request_timeout_s)
@@ -441,7 +443,7 @@ async def start_grpc(daemon: Any, port: int, host: str | None = None) -> GrpcHan
         return None
     cap = int(daemon.settings.max_body_bytes)
     server = grpc.aio.server(
-        interceptors=[Observe(daemon)],
+        interceptors=[*tracing.grpc_interceptors(), Observe(daemon)],  # a span per call first
         options=[
             ("grpc.max_receive_message_length", cap),
             ("grpc.max_send_message_length", max(cap, 4 * 1024 * 1024)),

@@ -64,7 +64,6 @@ class InferenceService:
         self.net, self.level, self.preprocess = net, level, preprocess
         self.decode_pool, self.large_pool, self.budget = decode_pool, large_pool, budget
         self.metrics, self.tier2 = metrics, tier2
-        level.model = metrics.name  # its level-switch spans name the model
         self.max_images = max_images
         self.engine: Engine | None = None  # set by the model's start-up, which owns the engine
         # For hints: the profile (set once measured) and the controller's latency prediction.

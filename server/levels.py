@@ -50,7 +50,7 @@ class LevelState:
 
     def __init__(self, net: SubspaceNet, calc: Calculator, policy: OperatorPolicy) -> None:
         self.calc = calc
-        self.model = ""  # its name, for tracing (set by the model's InferenceService)
+        self.model = ""  # its name, for tracing (set when the model is opened)
         self.policy, self.audit = policy, Audit()
         self._levels = LevelCompressor(net, cache=True)
         self._builder = ThreadPoolExecutor(1, thread_name_prefix="lcs-recompress")

@@ -95,6 +95,7 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
     net, meta, digest = await asyncio.to_thread(checkpoint.load, path)
     s, metrics = shared.settings, shared.metrics.for_model(name)
     level = LevelState(net, meta.spec.calc, default_policy(s))
+    level.model = name  # for its level-switch spans
     c, h, w = meta.input_size
     service = InferenceService(
         net,
