@@ -176,3 +176,26 @@ def test_an_idle_child_exits_and_the_next_export_starts_another():
         assert exporter.pid not in (None, first) and len(model) > 0
     finally:
         exporter.close()
+
+
+def test_one_child_exports_every_model_and_forgets_an_unloaded_one():
+    """Several models share one export process: each network is sent to it once, and each
+    export is of its own network (the logits match that network's, not the other's)."""
+    nets = [_net("small_cnn", "structured"), _net("small_cnn", "unstructured")]
+    x = warmup_batch(INPUT["small_cnn"])
+    exporter = Exporter()
+    try:
+        pids = set()
+        for _ in range(2):
+            for net in nets:
+                level = LevelCompressor(net)(0.5)
+                model, reference = exporter(net, level, x)
+                pids.add(exporter.pid)
+                assert np.allclose(_logits(model, x), reference.numpy(), atol=1e-4)
+        assert len(pids) == 1
+        exporter.forget(nets[0])
+        model, reference = exporter(nets[0], LevelCompressor(nets[0])(1.0), x)  # sent again
+        assert np.allclose(_logits(model, x), reference.numpy(), atol=1e-4)
+        assert exporter.pid in pids
+    finally:
+        exporter.close()
