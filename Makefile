@@ -57,6 +57,7 @@ bench: setup system-deps
 	$(BIN)/python -m benchmarks.controller_overhead
 	$(BIN)/python -m benchmarks.tier2
 	$(BIN)/python -m benchmarks.models
+	$(BIN)/python -m benchmarks.protocols
 	$(BIN)/python -m benchmarks.report
 
 # LCS against the paper's baselines on the digits (66 trainings, about an hour on 2 cores; cached

@@ -20,6 +20,7 @@ def hey(
     requests: int,
     timeout_s: int = 20,
     content_type: str = "image/png",
+    extra: list[str] | None = None,
 ) -> dict[str, float]:
     """Run a bounded `hey` load (count and per-request timeout) and summarise its CSV."""
     exe = shutil.which("hey")
@@ -41,6 +42,7 @@ def hey(
         str(timeout_s),
         "-o",
         "csv",
+        *(extra or []),
         url,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=requests * timeout_s)

@@ -415,6 +415,27 @@ def overhead_section(d: dict[str, Any]) -> str:
     )
 
 
+def protocols_section(d: dict[str, Any]) -> str:
+    rows = [
+        [r["transport"], r["concurrency"], f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}",
+         f"{r['p99_ms']:.2f}", r["errors"]]
+        for r in sorted(d["rows"], key=lambda r: (r["concurrency"], r["transport"]))
+    ]  # fmt: skip
+    p = d["parse"]
+    return (
+        "## Transports\n\n`python -m benchmarks.protocols`: one 28×28 digit per request to the "
+        f"default model (served on tier {'2' if d['tier'] == 'onnx' else '1'}, controller off) "
+        "as a PNG to `/predict`, as an OIP v2 FP32 tensor in JSON and with the binary tensor "
+        "extension (`hey` for the three), and over gRPC (`ModelInfer` with "
+        "`raw_input_contents`; a Python grpc.aio closed loop, which at high concurrency may be "
+        "the limit itself).\n\n"
+        + table(["transport", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+        + f"\n\nParsing a 64×1×28×28 FP32 request into the model's tensor (`server/oip.py`): "
+        f"JSON {p['json_ms']:.2f} ms for {p['json_bytes'] / 1e6:.2f} MB (orjson), binary "
+        f"{p['binary_ms']:.3f} ms for {p['binary_bytes'] / 1e6:.2f} MB.\n"
+    )
+
+
 def models_section(d: dict[str, Any]) -> str:
     out = [
         "## Several models per daemon\n\n`python -m benchmarks.models`: live daemons on "
@@ -613,6 +634,7 @@ def main() -> None:
         ("tier2", tier2_section),
         ("controller_overhead", overhead_section),
         ("models", models_section),
+        ("protocols", protocols_section),
         ("soak", soak_section),
         ("soak_attack", attack_section),
     ):

@@ -24,6 +24,7 @@ TINY = {
     "memory": ["--arch", "small_cnn"],
     "controller_overhead": ["--seconds", "1"],
     "tier2": ["--models", "default", "--repeats", "3"],
+    "protocols": ["--concurrency", "2", "--requests", "60", "--parse-repeats", "2"],
     "models": [
         *("--archs", "small_cnn", "--counts", "1", "2", "--replacements", "1"),
         *("--clients", "2", "--no-tier2"),
