@@ -44,7 +44,11 @@ def resnet(tmp_path_factory):
 def test_adapts_to_cpu_contention_and_recovers(resnet):
     assert shutil.which("stress-ng"), "stress-ng missing: run `make system-deps`"
     png = encode(digits(1)[0][0], "PNG", "RGB")
-    base = {"LCS_CHECKPOINT": str(resnet), "LCS_TORCH_THREADS": "1", "LCS_LOG_LEVEL": "warning"}
+    # The latency objective: this test drives the server with a closed loop (one request after
+    # another), whose rate rises as the level falls; the share objective (test_share_live.py,
+    # a paced client) reads that rate as demand the wide level could not fit.
+    base = {"LCS_CHECKPOINT": str(resnet), "LCS_TORCH_THREADS": "1", "LCS_LOG_LEVEL": "warning",
+            "LCS_CONTROLLER_OBJECTIVE": "latency"}  # fmt: skip
     # The target: 1.6× the full-width latency on the idle machine, measured now.
     probe = run({**base, "LCS_CONTROLLER_ENABLED": "0"}, png)
     target = 1.6 * statistics.median(s[1] for s in probe["idle"])
