@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         d = await daemon.start(settings, app.state.metrics)
-        app.state.daemon = app.state.runtime = d  # runtime: the name main.py's drain reads
+        app.state.daemon = d
         try:
             # gRPC on this same loop, sharing the daemon's models (SIGTERM: draining refuses
             # new calls there too; calls in flight finish within the grace).
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from server.metrics import Metrics
 
     app.state.metrics = Metrics()
-    app.state.daemon = app.state.runtime = None
+    app.state.daemon = None
     for router in (predict.router, level.router, health.router, v2.router):
         app.include_router(router)
     _add_error_handlers(app)

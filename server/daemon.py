@@ -51,11 +51,8 @@ class Daemon:
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
-    def models(self) -> ModelRegistry:
-        return self.registry
-
-    @property
     def decode_pool(self) -> ThreadPoolExecutor:
+        """Where large request bodies are parsed (OIP JSON, gRPC): off the event loop."""
         return self.shared.decode_pool
 
     def deadline(self, scope: Scope | None = None) -> float:

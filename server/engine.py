@@ -71,7 +71,6 @@ class Engine:
         self._executor = executor  # shared by every model: one forward pass at a time
         self._on_batch = on_batch
         self._task: asyncio.Task[None] | None = None
-        self.in_flight = 0  # accepted requests not yet answered
 
     @property
     def depth(self) -> int:
@@ -97,15 +96,12 @@ class Engine:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
             raise QueueFull(f"queue full ({self.max_queue} waiting); retry shortly") from None
-        self.in_flight += 1
         try:
             left = deadline - time.monotonic()
             return await asyncio.wait_for(asyncio.shield(item.future), max(left, 0.0))
         except TimeoutError:
             item.future.cancel()  # a batch not yet started skips it
             raise DeadlineExceeded("no result within the request's deadline") from None
-        finally:
-            self.in_flight -= 1
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -95,8 +95,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         async def run() -> Any:
-            indexed = {r["name"] for r in self.daemon.models.index()}
-            if request.name and request.name in indexed - set(self.daemon.models.names()):
+            indexed = {r["name"] for r in self.daemon.registry.index()}
+            if request.name and request.name in indexed - set(self.daemon.registry.names()):
                 return pb.ModelReadyResponse(ready=False)  # in the repository, not loaded
             self._model(request.name, request.version)
             return pb.ModelReadyResponse(ready=_ready(self.daemon))
@@ -157,7 +157,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         async def run() -> Any:
             resp = pb.RepositoryIndexResponse()
-            for row in self.daemon.models.index():
+            for row in self.daemon.registry.index():
                 if request.ready and row.get("state") != "READY":
                     continue
                 resp.models.add(
@@ -178,7 +178,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if checkpoint is not None and not isinstance(checkpoint, str):
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "checkpoint must be a string")
             why = str(params.get("reason", "grpc RepositoryModelLoad"))[:200]
-            await self.daemon.models.load(request.model_name, checkpoint, who=who, why=why)
+            await self.daemon.registry.load(request.model_name, checkpoint, who=who, why=why)
             return pb.RepositoryModelLoadResponse()
 
         return await _answer(context, run())
@@ -188,13 +188,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             who = operator(self.daemon, context)
             params = {k: _repo_param(v) for k, v in request.parameters.items()}
             why = str(params.get("reason", "grpc RepositoryModelUnload"))[:200]
-            await self.daemon.models.unload(request.model_name, who=who, why=why)
+            await self.daemon.registry.unload(request.model_name, who=who, why=why)
             return pb.RepositoryModelUnloadResponse()
 
         return await _answer(context, run())
 
     def _model(self, name: str, version: str) -> Any:
-        model = self.daemon.models.get(name or None)
+        model = self.daemon.registry.get(name or None)
         if version and version != str(model.version):
             raise Abort(
                 grpc.StatusCode.NOT_FOUND,
@@ -383,7 +383,7 @@ class Observe(grpc.aio.ServerInterceptor):
         status = code.name if isinstance(code, grpc.StatusCode) else str(code)
         name = getattr(request, "model_name", "") or getattr(request, "name", "")
         # only a loaded model's name: label values stay bounded whatever clients send
-        model = name if name and name in self.daemon.models.names() else ""
+        model = name if name and name in self.daemon.registry.names() else ""
         metrics = getattr(self.daemon, "metrics", None)
         if metrics is not None:
             metrics.requests.labels(method, model, status).inc()

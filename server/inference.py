@@ -20,7 +20,7 @@ from models import Level, SubspaceNet
 from server import tracing
 from server.admission import DecodeBudget, decode_admitted
 from server.engine import Engine, Result
-from server.errors import DeadlineExceeded, HintError, NotReady, TooMany
+from server.errors import HintError, NotReady, TooMany
 from server.levels import LevelState
 from server.metrics import ModelMetrics
 from server.preprocess import Preprocessor
@@ -85,9 +85,8 @@ class InferenceService:
         try:
             start = time.perf_counter()
             with tracing.span("decode", {"lcs.images": len(images)}):
-                xs = await self._within(
-                    deadline, asyncio.gather(*(self._decode(d, deadline) for d in images))
-                )
+                # Every wait inside is bounded by the deadline (admission.decode_admitted).
+                xs = await asyncio.gather(*(self._decode(d, deadline) for d in images))
             decode_s = time.perf_counter() - start
             results = await self._infer(xs, deadline, alpha)
             return self._done([replace(r, decode_s=decode_s) for r in results], received)
@@ -159,15 +158,6 @@ class InferenceService:
         for r in results:
             self.metrics.queue_wait.observe(r.queue_s)
         return list(results)
-
-    @staticmethod
-    async def _within(
-        deadline: float, work: asyncio.Future[list[torch.Tensor]]
-    ) -> list[torch.Tensor]:
-        try:
-            return await asyncio.wait_for(work, max(deadline - time.monotonic(), 0.0))
-        except TimeoutError:
-            raise DeadlineExceeded("no result within the request's deadline") from None
 
     def _done(self, results: list[Result], received: float | None) -> list[Result]:
         now = time.perf_counter()

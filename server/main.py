@@ -318,7 +318,7 @@ class DrainingServer(uvicorn.Server):
             self.force_exit = sig == signal.SIGINT
             self.should_exit = True
             return
-        rt = self.app.state.runtime
+        rt = self.app.state.daemon
         log.info("draining", extra={"signal": signal.Signals(sig).name})
         if rt is None:
             self.should_exit = True

@@ -123,9 +123,8 @@ class ModelRegistry:
             st = self._states.get(name, _State("UNAVAILABLE", "unloaded"))
             model = self.models.get(name)
             row = {"name": name, "state": st.state, "reason": st.reason}
-            if model is not None:
-                row |= {"version": str(model.version), "state": "READY" if st.state != "LOADING"
-                        else "LOADING"}  # fmt: skip
+            if model is not None:  # LOADING while a replacement loads, READY otherwise
+                row["version"] = str(model.version)
             rows[name] = row
         return list(rows.values())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -57,8 +58,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[LiveServer]:
-    """A real `lcs serve` process on a loopback port, stopped (SIGTERM) on exit."""
+def live_server(
+    env: dict[str, str] | None = None, timeout: float = 60, nofile: int | None = None
+) -> Iterator[LiveServer]:
+    """A real `lcs serve` process on a loopback port, stopped (SIGTERM) on exit; with
+    `nofile`, its file-descriptor limit (soft and hard), as `prlimit --nofile=N:N` would."""
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     port = free_port()
     full_env = {
         **os.environ,
@@ -78,6 +87,7 @@ def live_server(env: dict[str, str] | None = None, timeout: float = 60) -> Itera
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=limit,  # only setrlimit: safe between fork and exec
     )
     server = LiveServer(proc, f"http://127.0.0.1:{port}", Path(log.name))
     try:

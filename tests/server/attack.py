@@ -2,64 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import resource
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from tests.helpers import ROOT, LiveServer, free_port
+from tests.helpers import LiveServer, live_server
 
 
-@contextmanager
-def server(env: dict[str, str], nofile: int | None = None) -> Iterator[LiveServer]:
-    """tests.helpers.live_server, optionally with RLIMIT_NOFILE (soft and hard) set in the child
-    before it starts, as `prlimit --nofile=N:N` would."""
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "LCS_PORT": str(port),
-        "LCS_HOST": "127.0.0.1",
-        "LCS_TORCH_THREADS": "1",
-        "LCS_CONTROLLER_ENABLED": "0",
-        "LCS_TIER2_ENABLED": "0",
-        **env,
-    }
-
-    def limit() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in the finally below
-        "w+", prefix="lcs-attack-", suffix=".log", delete=False
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve"],
-        cwd=ROOT,
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=limit,  # only setrlimit: safe between fork and exec
-    )
-    srv = LiveServer(proc, f"http://127.0.0.1:{port}", Path(log.name))
-    try:
-        srv.wait_ready(60)
-        yield srv
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
-        Path(log.name).unlink(missing_ok=True)
+def server(env: dict[str, str], nofile: int | None = None) -> AbstractContextManager[LiveServer]:
+    """tests.helpers.live_server with the controller and tier 2 off (the limits alone under
+    test), optionally under a file-descriptor limit."""
+    quiet = {"LCS_CONTROLLER_ENABLED": "0", "LCS_TIER2_ENABLED": "0"}
+    return live_server({**quiet, **env}, nofile=nofile)
 
 
 def port(srv: LiveServer) -> int:

@@ -22,7 +22,7 @@ async def scenario() -> tuple[list[tuple[int, dict]], int]:
     settings = Settings(controller_enabled=False, torch_threads=1, max_queue=REQUESTS)
     app = create_app(settings)
     d = await serving.start(settings, app.state.metrics)
-    app.state.daemon = app.state.runtime = d
+    app.state.daemon = d
     model = d.registry.get()
     arrs, _ = digits(16)
     pngs = [encode(a) for a in arrs]

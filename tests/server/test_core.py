@@ -32,7 +32,7 @@ async def running(**overrides) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]
     )
     app = create_app(settings)
     d = await serving.start(settings, app.state.metrics)
-    app.state.daemon = app.state.runtime = d
+    app.state.daemon = d
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://lcs") as client:

@@ -115,7 +115,7 @@ def fake_daemon() -> SimpleNamespace:
     )
     return SimpleNamespace(
         settings=settings,
-        models=FakeRegistry(),
+        registry=FakeRegistry(),
         ready=True,
         draining=False,
         not_ready_reason="",
@@ -136,7 +136,7 @@ def served():
     channel = grpc.insecure_channel(f"127.0.0.1:{handle.port}")
     yield SimpleNamespace(
         daemon=daemon,
-        service=daemon.models.model.service,
+        service=daemon.registry.model.service,
         stub=pb_grpc.GRPCInferenceServiceStub(channel),
         health=health_pb2_grpc.HealthStub(channel),
     )
@@ -382,7 +382,7 @@ def test_repository_calls_and_operator_token(served):
     auth = [("authorization", f"Bearer {TOKEN}")]
     s.RepositoryModelLoad(req, metadata=auth)
     s.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="b"), metadata=auth)
-    loads = served.daemon.models.loads
+    loads = served.daemon.registry.loads
     assert loads[-2][:3] == ("load", "b", "/models/b.safetensors")
     assert loads[-2][3].startswith("token:") and loads[-1][:2] == ("unload", "b")
 
@@ -487,7 +487,7 @@ def test_grpc_reports_the_level_that_computed_each_output():
 def test_stop_lets_the_call_in_flight_finish_and_refuses_new_ones():
     async def scenario():
         daemon = fake_daemon()
-        svc = daemon.models.model.service
+        svc = daemon.registry.model.service
         svc.delay_s, svc.started = 0.3, asyncio.Event()
         handle = await grpc_server.start_grpc(daemon, free_port())
         async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as ch:

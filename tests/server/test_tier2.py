@@ -108,7 +108,7 @@ async def daemon(**overrides) -> AsyncIterator[tuple[ServedModel, httpx.AsyncCli
     )
     app = create_app(settings)
     d = await serving.start(settings, app.state.metrics)
-    app.state.daemon = app.state.runtime = d
+    app.state.daemon = d
     rt = d.registry.get()
     transport = httpx.ASGITransport(app=app)
     try:

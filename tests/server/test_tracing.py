@@ -61,7 +61,7 @@ async def running(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     )
     app = create_app(settings)
     d = await serving.start(settings, app.state.metrics)
-    app.state.daemon = app.state.runtime = d
+    app.state.daemon = d
     try:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://lcs") as client:
