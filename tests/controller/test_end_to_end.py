@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import time
 
+import httpx
 import pytest
 
 from tests.helpers import digits, drive, encode, live_server, make_checkpoint
@@ -19,23 +20,22 @@ def p95(samples: list[tuple[float, float, float]]) -> float:
     return statistics.quantiles([s[1] for s in samples], n=20, method="inclusive")[18]
 
 
-def run(
-    env: dict[str, str], png: bytes, target_s: float | None = None, after_s: float = 10
-) -> dict[str, object]:
-    with live_server(env, timeout=120) as srv:
-        idle = drive(srv.url, png, 3)
-        if target_s is None:
-            return {"idle": idle}
-        burner = subprocess.Popen(
-            ["stress-ng", "--cpu", str(BURNERS), "--timeout", "14s", "--quiet"]
-        )
-        start = time.monotonic()
-        try:
-            loaded = drive(srv.url, png, 13)
-        finally:
-            burner.wait(30)
-        after = drive(srv.url, png, after_s) if after_s else []
-    return {"idle": idle, "loaded": loaded, "after": after, "load_start": start}
+TOKEN = "e2e-operator"
+
+
+def under_load(url: str, png: bytes) -> tuple[float, list[tuple[float, float, float]]]:
+    """Requests for 13 s beside CPU burners: (when the burners started, the samples)."""
+    burner = subprocess.Popen(["stress-ng", "--cpu", str(BURNERS), "--timeout", "14s", "--quiet"])
+    start = time.monotonic()
+    try:
+        return start, drive(url, png, 13)
+    finally:
+        burner.wait(30)
+
+
+def put_level(url: str, body: dict[str, object]) -> None:
+    r = httpx.put(url + "/level", json=body, headers={"authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
 
 
 @pytest.fixture(scope="module")
@@ -49,27 +49,29 @@ def test_adapts_to_cpu_contention_and_recovers(resnet):
     # The latency objective: this test drives the server with a closed loop (one request after
     # another), whose rate rises as the level falls; the share objective (test_share_live.py,
     # a paced client) reads that rate as demand the wide level could not fit.
-    base = {"LCS_CHECKPOINT": str(resnet), "LCS_TORCH_THREADS": "1", "LCS_LOG_LEVEL": "warning",
-            "LCS_CONTROLLER_OBJECTIVE": "latency"}  # fmt: skip
-    # The target: 1.6× the full-width latency on the idle machine, measured now.
-    probe = run({**base, "LCS_CONTROLLER_ENABLED": "0"}, png)
-    target = 1.6 * statistics.median(s[1] for s in probe["idle"])
-    env = {**base, "LCS_LATENCY_TARGET_MS": f"{1e3 * target:.1f}"}
-
-    adaptive = run(env, png, target)
-    # The pinned server only has to be measured under load: nothing recovers after it.
-    fixed = run({**env, "LCS_CONTROLLER_ENABLED": "0"}, png, target, after_s=0)
+    env = {"LCS_CHECKPOINT": str(resnet), "LCS_TORCH_THREADS": "1", "LCS_LOG_LEVEL": "warning",
+           "LCS_CONTROLLER_OBJECTIVE": "latency", "LCS_OPERATOR_TOKEN": TOKEN}  # fmt: skip
+    # One server for the three phases: its own idle latency sets the target, then it runs
+    # adaptive under load and recovers, then it is pinned at full width under the same load.
+    with live_server(env, timeout=120) as srv:
+        put_level(srv.url, {"mode": "fixed", "alpha": 1.0, "reason": "measure idle"})
+        idle = drive(srv.url, png, 3)
+        # The target: 1.6× the full-width latency on the idle machine, measured now.
+        target_ms = 1.6e3 * statistics.median(s[1] for s in idle)
+        put_level(srv.url, {"mode": "auto", "latency_target_ms": target_ms, "reason": "adapt"})
+        start, loaded = under_load(srv.url, png)
+        after = drive(srv.url, png, 10)
+        put_level(srv.url, {"mode": "fixed", "alpha": 1.0, "reason": "pinned"})
+        pinned_start, pinned_loaded = under_load(srv.url, png)
 
     # Behaviour, not a latency figure (benchmarks/adaptation measures how well the target is
     # met): under load it compresses, it then serves faster than the pinned server does under
     # the same load, and it widens again once the load is gone.
-    start = adaptive["load_start"]
-    loaded = adaptive["loaded"]
     moved = [s for s in loaded if s[2] < 1.0]
     assert moved and moved[0][0] - start < 10.0, "did not compress under load"
     settled = [s for s in loaded if s[0] - start > 5.0]
-    pinned = [s for s in fixed["loaded"] if s[0] - fixed["load_start"] > 5.0]
+    pinned = [s for s in pinned_loaded if s[0] - pinned_start > 5.0]
     assert all(s[2] == 1.0 for s in pinned) and min(s[2] for s in settled) < 1.0
     assert p95(settled) < p95(pinned), (p95(settled), p95(pinned))
     lowest = min(s[2] for s in loaded)
-    assert max(s[2] for s in adaptive["after"][-20:]) > lowest, "did not recover after the load"
+    assert max(s[2] for s in after[-20:]) > lowest, "did not recover after the load"
