@@ -11,7 +11,9 @@ from fastapi import Depends, HTTPException, Request
 from server.daemon import Daemon
 
 
-def daemon(request: Request) -> Daemon:
+# All `async def`: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per
+# dependency per request for what is a few attribute reads.
+async def daemon(request: Request) -> Daemon:
     d = request.app.state.daemon
     if d is None:
         raise HTTPException(503, "not ready: starting", headers={"Retry-After": "1"})
@@ -21,7 +23,7 @@ def daemon(request: Request) -> Daemon:
 DaemonDep = Annotated[Daemon, Depends(daemon)]
 
 
-def ready_daemon(d: DaemonDep) -> Daemon:
+async def ready_daemon(d: DaemonDep) -> Daemon:
     if d.draining:
         raise HTTPException(503, "not ready: draining for shutdown", headers={"Retry-After": "1"})
     if not d.ready:
@@ -32,7 +34,7 @@ def ready_daemon(d: DaemonDep) -> Daemon:
 ReadyDep = Annotated[Daemon, Depends(ready_daemon)]
 
 
-def operator(request: Request, d: DaemonDep) -> str:
+async def operator(request: Request, d: DaemonDep) -> str:
     """Who may change levels and models: a matching bearer token (compared in constant time),
     or, when no token is configured, a client on loopback. Returns who, for the audit log:
     the authenticated identity and the socket's peer, nothing a client writes itself."""
