@@ -13,6 +13,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel
 
 from server import oip
+from server.errors import rejection_reason
 from server.grpc_server import run_call
 from server.routes.deps import DaemonDep, OperatorDep, ReadyDep
 from server.served import ServedModel
@@ -214,6 +215,7 @@ async def _infer(
         else:
             call = oip.parse_http(body, length, limits, model.name)
     except oip.OIPError as e:
+        d.metrics.rejected.labels(rejection_reason(e) or "bad_input").inc()  # as over gRPC
         raise HTTPException(e.status, e.message) from None
     results = await run_call(model, call, deadline, received)
     request.state.level = results[-1].level

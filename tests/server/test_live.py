@@ -162,7 +162,8 @@ def test_metrics_pass_promtool_and_logs_are_json(images):
         srv.proc.send_signal(signal.SIGTERM)
         srv.proc.wait(30)
         lines = srv.output().splitlines()
-    assert 'lcs_requests_total{endpoint="/predict",model="digits",status="400"} 1.0' in text
+    series = 'lcs_requests_total{endpoint="/predict",model="digits",protocol="http",status="400"}'
+    assert series + " 1.0" in text
     assert "lcs_reading_memory_available_bytes" in text
     records = [json.loads(x) for x in lines if x.startswith("{")]
     access = [r for r in records if r["logger"] == "lcs.access" and r["path"] == "/predict"]
