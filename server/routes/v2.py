@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from server import oip
 from server.errors import rejection_reason
 from server.grpc_server import run_call
-from server.routes.deps import DaemonDep, OperatorDep, ReadyDep
+from server.routes.deps import DaemonDep, OperatorDep, ReadyDep, ServingDep
 from server.served import ServedModel
 
 # Clients such as tritonclient send JSON without a content type: accept it.
@@ -126,7 +126,7 @@ async def model_ready(name: ModelName, d: ReadyDep) -> dict[str, Any]:
 
 
 @router.post("/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
-async def model_infer(request: Request, name: ModelName, d: ReadyDep) -> Response:
+async def model_infer(request: Request, name: ModelName, d: ServingDep) -> Response:
     received, body = time.perf_counter(), await request.body()  # the body cap speaks first
     return await _infer(request, d, d.registry.get(name), body, received)
 
@@ -135,7 +135,7 @@ async def model_infer(request: Request, name: ModelName, d: ReadyDep) -> Respons
     "/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES
 )
 async def model_version_infer(
-    request: Request, name: ModelName, version: str, d: ReadyDep
+    request: Request, name: ModelName, version: str, d: ServingDep
 ) -> Response:
     received, body = time.perf_counter(), await request.body()
     return await _infer(request, d, _versioned(d, name, version), body, received)

@@ -63,7 +63,10 @@ Series = dict[tuple[str, frozenset], float]
 
 
 def scrape(url: str) -> Series:
-    text = httpx.get(url + "/metrics", timeout=10).text
+    return _samples(httpx.get(url + "/metrics", timeout=10).text)
+
+
+def _samples(text: str) -> Series:
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for fam in text_string_to_metric_families(text)
@@ -285,3 +288,37 @@ def _refused_grpc_call(channel: grpc.Channel, x: np.ndarray) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as e:
         pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(grpc_request(x), timeout=10)
     return e.value.code()
+
+
+def test_http_counts_not_ready_on_the_inference_routes_as_grpc_does():
+    """In process: while draining, /predict and OIP infer count reason="not_ready" once each
+    (gRPC's ModelInfer does the same, test_grpc.py); readiness probes' 503s count nothing."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    settings = Settings(controller_enabled=False, tier2_enabled=False, torch_threads=1, grpc_port=0)
+    with TestClient(create_app(settings)) as c:
+
+        def not_ready() -> float:
+            return _samples(c.get("/metrics").text).get(
+                ("lcs_rejected_requests_total", frozenset({("reason", "not_ready")})), 0.0
+            )
+
+        x = pixels(1)
+        assert c.post("/v2/models/digits/infer", json=http_json(x)).status_code == 200
+        c.app.state.daemon.draining = True
+        try:
+            before = not_ready()
+            assert c.get("/readyz").status_code == 503
+            assert c.get("/v2/health/ready").status_code == 503
+            assert c.get("/v2/models/digits/ready").status_code == 503
+            assert not_ready() == before
+            png = encode(x[0, 0])
+            r = c.post("/predict", content=png, headers={"content-type": "image/png"})
+            assert r.status_code == 503
+            assert c.post("/v2/models/digits/infer", json=http_json(x)).status_code == 503
+            assert not_ready() == before + 2
+        finally:
+            c.app.state.daemon.draining = False
