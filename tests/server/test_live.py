@@ -113,7 +113,10 @@ def test_sigterm_during_load_answers_every_accepted_request(images):
         for t in threads:
             t.start()
         started.wait(10)
-        time.sleep(0.5)
+        for _ in range(300):  # until the load is on (> 10 answers; bounded: 30 s), not 0.5 s
+            if outcomes.count("http 200") > 10:
+                break
+            time.sleep(0.1)
         srv.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
