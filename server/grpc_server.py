@@ -409,7 +409,9 @@ class Observe(grpc.aio.ServerInterceptor):
 
     async def refused(self, context: Any) -> Any:
         """No request message: grpc refused it (over max_receive_message_length) and has
-        already answered RESOURCE_EXHAUSTED; or the client went away before sending it."""
+        already answered RESOURCE_EXHAUSTED; or the client went away before sending it. (A
+        client that half-closes without a message, which no unary client does, counts as
+        too_large too: the count stays bounded by the calls made.)"""
         if context.cancelled():
             return None
         self.rejected("too_large")
