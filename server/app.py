@@ -16,8 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from models import checkpoint
 from server import daemon, tracing
-from server.admission import BudgetBusy, DecodeDeadline
-from server.errors import DeadlineExceeded, QueueFull, ServingError, TooMany
+from server.errors import ServingError, rejection_reason
 from server.grpc_server import start_grpc
 from server.middleware import BodyLimit, RequestLog
 from server.preprocess import ImageError
@@ -84,25 +83,19 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(e.detail)}, e.status_code, headers=e.headers)
 
-    rejected = app.state.metrics.rejected
-    reasons = {
-        QueueFull: "queue_full",
-        DeadlineExceeded: "deadline",
-        DecodeDeadline: "deadline",
-        TooMany: "too_many",
-        BudgetBusy: "decode_budget",
-    }
+    rejected = app.state.metrics.rejected  # by errors.rejection_reason, as gRPC counts them
 
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, e: ServingError) -> JSONResponse:
-        if type(e) in reasons:
-            rejected.labels(reasons[type(e)]).inc()
+        reason = rejection_reason(e)
+        if reason is not None:
+            rejected.labels(reason).inc()
         headers = {"Retry-After": f"{e.retry_after:.0f}"} if e.retry_after else None
         return JSONResponse({"error": e.message}, e.status, headers=headers)
 
     @app.exception_handler(ImageError)
     async def image_error(_: Request, e: ImageError) -> JSONResponse:
-        rejected.labels("bad_image").inc()
+        rejected.labels(rejection_reason(e) or "bad_image").inc()
         return JSONResponse({"error": str(e)}, e.status)
 
     @app.exception_handler(RequestValidationError)

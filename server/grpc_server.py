@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from server import oip, tracing
+from server.errors import NotReady, rejection_reason
 from server.protocol import inference_pb2 as pb
 from server.protocol import inference_pb2_grpc as pb_grpc
 
@@ -60,8 +61,11 @@ class Abort(Exception):
         self.code, self.message = code, message
 
 
-async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
-    """Run one call; every refusal becomes a status code and a message, never a traceback."""
+async def _answer(
+    context: grpc.aio.ServicerContext, work: Awaitable[T], metrics: Any | None = None
+) -> T:
+    """Run one call; every refusal becomes a status code and a message, never a traceback,
+    and is counted in lcs_rejected_requests with the reason HTTP gives the same error."""
     try:
         return await work
     except Abort as e:
@@ -72,6 +76,9 @@ async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
         status = getattr(e, "status", None)
         if isinstance(status, int) and status in CODES:
             code, message = CODES[status], str(getattr(e, "message", None) or e)
+            reason = rejection_reason(e)
+            if reason is not None and metrics is not None:
+                metrics.rejected.labels(reason).inc()
         else:
             log.exception("unhandled error in a gRPC call")
             code, message = grpc.StatusCode.INTERNAL, "internal error"
@@ -84,6 +91,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
+
+    def _answer(self, context: Any, work: Awaitable[T]) -> Awaitable[T]:
+        return _answer(context, work, getattr(self.daemon, "metrics", None))
 
     # Health and metadata
 
@@ -101,7 +111,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self._model(request.name, request.version)
             return pb.ModelReadyResponse(ready=_ready(self.daemon))
 
-        return await _answer(context, run())
+        return await self._answer(context, run())
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(
@@ -120,18 +130,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     getattr(resp, key).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
             return resp
 
-        return await _answer(context, run())
+        return await self._answer(context, run())
 
     # Inference
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        return await _answer(context, self._infer(request, context))
+        return await self._answer(context, self._infer(request, context))
 
     async def _infer(self, request: Any, context: Any) -> Any:
         received = time.perf_counter()
         model = self._model(request.model_name, request.model_version)
         if not _ready(self.daemon):
-            raise Abort(grpc.StatusCode.UNAVAILABLE, _not_ready(self.daemon))
+            raise NotReady(_not_ready(self.daemon))  # UNAVAILABLE: clients retry elsewhere
         limits = oip.Limits(tuple(model.meta.input_size), self.daemon.settings.max_batch_images)
         if _size(request) >= OFFLOAD_ITEMS:
             loop = asyncio.get_running_loop()
@@ -168,7 +178,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             return resp
 
-        return await _answer(context, run())
+        return await self._answer(context, run())
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         async def run() -> Any:
@@ -181,7 +191,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self.daemon.registry.load(request.model_name, checkpoint, who=who, why=why)
             return pb.RepositoryModelLoadResponse()
 
-        return await _answer(context, run())
+        return await self._answer(context, run())
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         async def run() -> Any:
@@ -191,7 +201,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self.daemon.registry.unload(request.model_name, who=who, why=why)
             return pb.RepositoryModelUnloadResponse()
 
-        return await _answer(context, run())
+        return await self._answer(context, run())
 
     def _model(self, name: str, version: str) -> Any:
         model = self.daemon.registry.get(name or None)
@@ -354,7 +364,11 @@ def _set_param(p: Any, v: Any) -> None:
 
 
 class Observe(grpc.aio.ServerInterceptor):
-    """One access-log line and the request metrics per call, as RequestLog does for HTTP."""
+    """One access-log line and the request metrics per call, as RequestLog does for HTTP.
+
+    Unary calls are served as client-streaming ones (the same frames on the wire): grpc then
+    runs the handler even when it refuses the request message for its size (it never would
+    for a unary handler), so that refusal is counted and logged like HTTP's 413."""
 
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
@@ -365,29 +379,70 @@ class Observe(grpc.aio.ServerInterceptor):
             return handler
         inner, method = handler.unary_unary, details.method
 
-        async def observed(request: Any, context: Any) -> Any:
-            start = time.perf_counter()
+        async def observed(requests: AsyncIterator[Any], context: Any) -> Any:
+            start, request, unset = time.perf_counter(), None, grpc.StatusCode.OK
             try:
+                try:
+                    request = await anext(aiter(requests), None)  # a unary call: one message
+                except Exception:  # not a valid message of the method's type
+                    self.rejected("bad_input")
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid message"
+                    )
+                if request is None:
+                    return await self.refused(context)
                 return await inner(request, context)
+            except asyncio.CancelledError:  # the client went away, or its deadline passed
+                unset = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:  # escaped every handler (an abort sets its code): grpc's UNKNOWN
+                unset = grpc.StatusCode.UNKNOWN
+                raise
             finally:
-                self.record(method, request, context, time.perf_counter() - start)
+                self.record(method, request, context, time.perf_counter() - start, unset)
 
-        return grpc.unary_unary_rpc_method_handler(
+        return grpc.stream_unary_rpc_method_handler(
             observed,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def record(self, method: str, request: Any, context: Any, seconds: float) -> None:
-        code = context.code() or grpc.StatusCode.OK
+    async def refused(self, context: Any) -> Any:
+        """No request message: grpc refused it (over max_receive_message_length) and has
+        already answered RESOURCE_EXHAUSTED; or the client went away before sending it. (A
+        client that half-closes without a message, which no unary client does, counts as
+        too_large too: the count stays bounded by the calls made.)"""
+        if context.cancelled():
+            return None
+        self.rejected("too_large")
+        cap = int(self.daemon.settings.max_body_bytes)
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, f"request message exceeds the limit of {cap} bytes"
+        )
+
+    def rejected(self, reason: str) -> None:
+        metrics = getattr(self.daemon, "metrics", None)
+        if metrics is not None:
+            metrics.rejected.labels(reason).inc()
+
+    def record(
+        self,
+        method: str,
+        request: Any,
+        context: Any,
+        seconds: float,
+        unset: grpc.StatusCode = grpc.StatusCode.OK,
+    ) -> None:
+        """`unset`: the call's code when the handler set none (it returned, or raised)."""
+        code = context.code() or unset
         status = code.name if isinstance(code, grpc.StatusCode) else str(code)
         name = getattr(request, "model_name", "") or getattr(request, "name", "")
         # only a loaded model's name: label values stay bounded whatever clients send
         model = name if name and name in self.daemon.registry.names() else ""
         metrics = getattr(self.daemon, "metrics", None)
         if metrics is not None:
-            metrics.requests.labels(method, model, status).inc()
-            metrics.request_duration.labels(method, model).observe(seconds)
+            metrics.requests.labels("grpc", method, model, status).inc()
+            metrics.request_duration.labels("grpc", method, model).observe(seconds)
         extra: dict[str, Any] = {
             "method": "grpc",
             "path": method,

@@ -27,16 +27,18 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        # protocol: "http" or "grpc"; endpoint: a route's template or a registered gRPC method;
+        # status: the HTTP status or the gRPC code's name. Every label is bounded.
         self.requests = Counter(
             "lcs_requests",
-            "HTTP requests by endpoint, model and status",
-            ["endpoint", "model", "status"],
+            "Requests by protocol, endpoint, model and status",
+            ["protocol", "endpoint", "model", "status"],
             registry=r,
         )
         self.request_duration = Histogram(
             "lcs_request_duration_seconds",
             "Request latency, receipt to response",
-            ["endpoint", "model"],
+            ["protocol", "endpoint", "model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -112,7 +114,10 @@ class Metrics:
             registry=r,
         )
         self.rejected = Counter(
-            "lcs_rejected_requests", "Requests refused before inference", ["reason"], registry=r
+            "lcs_rejected_requests",
+            "Requests refused before inference, by reason (errors.REASONS), over either protocol",
+            ["reason"],
+            registry=r,
         )
         self.torch_threads = Gauge("lcs_torch_threads", "torch intra-op threads", registry=r)
         self.model = Gauge(

@@ -35,7 +35,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await _too_large(send, self.max_bytes)
+            return await _too_large(scope, send, self.max_bytes)
         seen = 0
         started = exceeded = False
 
@@ -55,7 +55,7 @@ class BodyLimit:
             if exceeded:
                 if not started and msg["type"] == "http.response.start":
                     started = True
-                    await _too_large(send, self.max_bytes)
+                    await _too_large(scope, send, self.max_bytes)
                 return  # the app's own answer to the cut-off body is dropped
             started = started or msg["type"] == "http.response.start"
             await send(msg)
@@ -64,10 +64,11 @@ class BodyLimit:
             await self.app(scope, limited, tracking)
         except BodyTooLarge:
             if not started:
-                await _too_large(send, self.max_bytes)
+                await _too_large(scope, send, self.max_bytes)
 
 
-async def _too_large(send: Send, limit: int) -> None:
+async def _too_large(scope: Scope, send: Send, limit: int) -> None:
+    scope.setdefault("state", {})[REJECTED] = "too_large"
     body = json.dumps({"error": f"request body exceeds the limit of {limit} bytes"}).encode()
     await send(
         {
@@ -84,6 +85,9 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # connection layer (server/main.py) stamps it when it starts parsing; RequestLog stamps it
 # where there is no such layer (in-process tests), so every request has one.
 ARRIVAL = "arrival"
+# scope["state"] key: a refusal made outside the app's error handlers (the body cap), as an
+# lcs_rejected_requests reason for RequestLog to count.
+REJECTED = "rejected"
 # scope["state"] key: the status the connection layer answered with after the app had the
 # request (408: its body did not arrive in time); logged and counted instead of the app's.
 ANSWERED = "answered_by_connection"
@@ -159,8 +163,10 @@ class RequestLog:
             state = scope.get("state", {})
             status = state.get(ANSWERED, status)
             model = state.get("model", "")  # set only once a route resolved a loaded model
-            self.metrics.requests.labels(endpoint, model, str(status)).inc()
-            self.metrics.request_duration.labels(endpoint, model).observe(seconds)
+            self.metrics.requests.labels("http", endpoint, model, str(status)).inc()
+            self.metrics.request_duration.labels("http", endpoint, model).observe(seconds)
+            if state.get(REJECTED):
+                self.metrics.rejected.labels(state[REJECTED]).inc()
             extra: dict[str, Any] = {
                 "method": scope["method"],
                 "path": scope["path"],

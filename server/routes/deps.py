@@ -34,6 +34,20 @@ async def ready_daemon(d: DaemonDep) -> Daemon:
 ReadyDep = Annotated[Daemon, Depends(ready_daemon)]
 
 
+async def serving_daemon(d: DaemonDep) -> Daemon:
+    """ready_daemon for the inference routes: their refusal is also counted as
+    lcs_rejected_requests{reason="not_ready"}, as gRPC's ModelInfer counts it (a readiness
+    probe's 503 is an answer, not a refused request, so ReadyDep counts nothing)."""
+    try:
+        return await ready_daemon(d)
+    except HTTPException:
+        d.metrics.rejected.labels("not_ready").inc()
+        raise
+
+
+ServingDep = Annotated[Daemon, Depends(serving_daemon)]
+
+
 async def operator(request: Request, d: DaemonDep) -> str:
     """Who may change levels and models: a matching bearer token (compared in constant time),
     or, when no token is configured, a client on loopback. Returns who, for the audit log:

@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from server.errors import ServingError
 from server.inference import Hints, Result
 from server.preprocess import ImageError
-from server.routes.deps import ReadyDep
+from server.routes.deps import ReadyDep, ServingDep
 from server.served import ServedModel
 
 router = APIRouter(tags=["inference"])
@@ -106,7 +106,7 @@ class BatchResponse(BaseModel):
 @router.post("/predict", response_model=PredictResponse, openapi_extra=IMAGE_BODY, responses=ERRORS)
 async def predict(
     request: Request,
-    d: ReadyDep,
+    d: ServingDep,
     top_k: TopK = 5,
     min_accuracy: MinAccuracy = None,
     max_latency_ms: MaxLatency = None,
@@ -123,7 +123,7 @@ async def predict(
 )
 async def predict_model(
     request: Request,
-    d: ReadyDep,
+    d: ServingDep,
     name: ModelName,
     top_k: TopK = 5,
     min_accuracy: MinAccuracy = None,
@@ -138,7 +138,7 @@ async def predict_model(
 )
 async def predict_batch(
     request: Request,
-    d: ReadyDep,
+    d: ServingDep,
     top_k: TopK = 5,
     min_accuracy: MinAccuracy = None,
     max_latency_ms: MaxLatency = None,
@@ -155,7 +155,7 @@ async def predict_batch(
 )
 async def predict_batch_model(
     request: Request,
-    d: ReadyDep,
+    d: ServingDep,
     name: ModelName,
     top_k: TopK = 5,
     min_accuracy: MinAccuracy = None,

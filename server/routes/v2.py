@@ -13,8 +13,9 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel
 
 from server import oip
+from server.errors import rejection_reason
 from server.grpc_server import run_call
-from server.routes.deps import DaemonDep, OperatorDep, ReadyDep
+from server.routes.deps import DaemonDep, OperatorDep, ReadyDep, ServingDep
 from server.served import ServedModel
 
 # Clients such as tritonclient send JSON without a content type: accept it.
@@ -125,7 +126,7 @@ async def model_ready(name: ModelName, d: ReadyDep) -> dict[str, Any]:
 
 
 @router.post("/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
-async def model_infer(request: Request, name: ModelName, d: ReadyDep) -> Response:
+async def model_infer(request: Request, name: ModelName, d: ServingDep) -> Response:
     received, body = time.perf_counter(), await request.body()  # the body cap speaks first
     return await _infer(request, d, d.registry.get(name), body, received)
 
@@ -134,7 +135,7 @@ async def model_infer(request: Request, name: ModelName, d: ReadyDep) -> Respons
     "/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES
 )
 async def model_version_infer(
-    request: Request, name: ModelName, version: str, d: ReadyDep
+    request: Request, name: ModelName, version: str, d: ServingDep
 ) -> Response:
     received, body = time.perf_counter(), await request.body()
     return await _infer(request, d, _versioned(d, name, version), body, received)
@@ -214,6 +215,7 @@ async def _infer(
         else:
             call = oip.parse_http(body, length, limits, model.name)
     except oip.OIPError as e:
+        d.metrics.rejected.labels(rejection_reason(e) or "bad_input").inc()  # as over gRPC
         raise HTTPException(e.status, e.message) from None
     results = await run_call(model, call, deadline, received)
     request.state.level = results[-1].level

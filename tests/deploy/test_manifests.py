@@ -92,7 +92,11 @@ def test_edge_overlay_is_small():
 def test_prometheus_config_and_rules_pass_promtool():
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: run `make system-deps`"
-    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"]):
+    for args in (
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],  # the alerts' unit tests, both protocols
+    ):
         r = subprocess.run(
             [promtool, *args], cwd=DEPLOY / "prometheus", capture_output=True, text=True
         )
@@ -123,6 +127,56 @@ def test_dashboard_queries_name_metrics_the_daemon_exports():
     base = {re.sub(r"_(bucket|total|count|sum)$", "", n) for n in used}
     assert base <= exported | {n + "_total" for n in exported}, base - exported
     assert {"lcs_gamma", "lcs_queue_depth"} <= used
+
+
+def exported_labels() -> dict[str, set[str]]:
+    """Every series name the daemon exports → its label names (as Prometheus sees them)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from server.metrics import Metrics
+
+    out: dict[str, set[str]] = {}
+    for metric in vars(Metrics()).values():
+        for m in metric.values() if isinstance(metric, dict) else [metric]:
+            if not isinstance(m, MetricWrapperBase):
+                continue
+            labels = set(m._labelnames)
+            for suffix in {"counter": ["_total"], "gauge": [""]}.get(
+                m._type, ["_bucket", "_count", "_sum"]
+            ):
+                out[m._name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return out
+
+
+def exprs() -> list[str]:
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "lcs.json").read_text())
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    return [t["expr"] for p in dash["panels"] for t in p["targets"]] + [
+        r["expr"] for g in rules["groups"] for r in g["rules"]
+    ]
+
+
+def test_dashboard_and_alerts_use_only_labels_the_daemon_exports():
+    """A selector or `by (…)` on a label the series does not have matches nothing, silently:
+    e.g. the request series' protocol label must exist for the per-protocol panels."""
+    import re
+
+    exported = exported_labels()
+    scrape = {"instance", "job"}  # added by Prometheus
+    seen = set()
+    for expr in exprs():
+        names = set(re.findall(r"lcs_[a-z0-9_]+", expr)) & set(exported)
+        have = set().union(*(exported[n] for n in names)) | scrape
+        for name, body in re.findall(r"(lcs_[a-z0-9_]+)\{([^}]*)\}", expr):
+            used = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", body))
+            assert used <= exported[name] | scrape, (expr, used - exported[name])
+            seen |= {(name, label) for label in used}
+        for by in re.findall(r"by \(([^)]*)\)", expr):
+            used = {label.strip() for label in by.split(",")}
+            assert used <= have, (expr, used - have)
+            seen |= {(n, label) for n in names for label in used & exported[n]}
+    assert ("lcs_requests_total", "protocol") in seen
+    assert ("lcs_request_duration_seconds_bucket", "protocol") in seen
 
 
 def test_compose_wires_the_three_services():

@@ -139,6 +139,7 @@ def served():
         service=daemon.registry.model.service,
         stub=pb_grpc.GRPCInferenceServiceStub(channel),
         health=health_pb2_grpc.HealthStub(channel),
+        channel=channel,
     )
     channel.close()
     asyncio.run_coroutine_threadsafe(handle.stop(1.0), loop).result(10)
@@ -515,3 +516,77 @@ async def _code(call) -> grpc.StatusCode:
     except grpc.aio.AioRpcError as e:
         return e.code()
     return grpc.StatusCode.OK
+
+
+def rejections(metrics) -> dict[str, float]:
+    return {
+        s.labels["reason"]: s.value
+        for fam in metrics.rejected.collect()
+        for s in fam.samples
+        if s.name == "lcs_rejected_requests_total"
+    }
+
+
+def _refusals():
+    from server.admission import BudgetBusy
+    from server.errors import DeadlineExceeded, NotReady, QueueFull, TooMany
+
+    return [
+        (QueueFull("queue full"), grpc.StatusCode.UNAVAILABLE, "queue_full"),
+        (BudgetBusy(1), grpc.StatusCode.UNAVAILABLE, "decode_budget"),
+        (DeadlineExceeded("late"), grpc.StatusCode.DEADLINE_EXCEEDED, "deadline"),
+        (NotReady("unloading"), grpc.StatusCode.UNAVAILABLE, "not_ready"),
+        (TooMany("too many"), grpc.StatusCode.INVALID_ARGUMENT, "too_many"),
+        ("draining", grpc.StatusCode.UNAVAILABLE, "not_ready"),
+        ("shape", grpc.StatusCode.INVALID_ARGUMENT, "bad_input"),
+        ("oversized", grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large"),
+        ("not protobuf", grpc.StatusCode.INVALID_ARGUMENT, "bad_input"),
+        ("unknown model", grpc.StatusCode.NOT_FOUND, None),  # not a refusal before inference
+    ]
+
+
+@pytest.mark.parametrize(("error", "code", "reason"), _refusals(), ids=lambda v: str(v)[:20])
+def test_a_refusal_over_grpc_counts_one_rejection_with_its_reason(
+    served, monkeypatch, error, code, reason
+):
+    """lcs_rejected_requests{reason} goes up by exactly 1 (and no other reason moves), with
+    the reason errors.rejection_reason gives HTTP's handler for the same error."""
+    from server.errors import rejection_reason
+    from server.metrics import Metrics
+
+    metrics = Metrics()
+    monkeypatch.setattr(served.daemon, "metrics", metrics, raising=False)
+    req = infer_request(ZEROS, "FP32")
+    if error == "draining":
+        monkeypatch.setattr(served.daemon, "draining", True)
+    elif error == "shape":
+        req.inputs[0].shape[:] = [1, 1, 28, 27]
+    elif error == "oversized":
+        req = infer_request(np.zeros((30, 1, 28, 28), np.float32), "FP32")  # > 64 KiB cap
+    elif error == "unknown model":
+        req.model_name = "nope"
+    elif error == "not protobuf":
+        pass
+    else:
+        assert rejection_reason(error) == reason  # the mapping HTTP uses
+        monkeypatch.setattr(served.service, "fail", error)
+    call = served.stub.ModelInfer
+    if error == "not protobuf":  # bytes no ModelInferRequest parses from
+        call, req = served.channel.unary_unary(f"/{grpc_server.SERVICE}/ModelInfer"), b"\xff" * 4
+    assert code_of(call, req)[0] == code
+
+    def calls() -> dict[str, float]:
+        return {
+            s.labels["status"]: s.value
+            for fam in metrics.requests.collect()
+            for s in fam.samples
+            if s.name == "lcs_requests_total" and s.labels["protocol"] == "grpc"
+        }
+
+    # abort() sends the status before the interceptor's bookkeeping runs: wait for it (bounded)
+    for _ in range(200):
+        if calls():
+            break
+        time.sleep(0.01)
+    assert calls() == {code.name: 1.0}  # the call itself, with its code, once
+    assert rejections(metrics) == ({reason: 1.0} if reason else {})

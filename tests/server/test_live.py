@@ -113,7 +113,10 @@ def test_sigterm_during_load_answers_every_accepted_request(images):
         for t in threads:
             t.start()
         started.wait(10)
-        time.sleep(0.5)
+        for _ in range(300):  # until the load is on (> 10 answers; bounded: 30 s), not 0.5 s
+            if outcomes.count("http 200") > 10:
+                break
+            time.sleep(0.1)
         srv.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
@@ -162,7 +165,8 @@ def test_metrics_pass_promtool_and_logs_are_json(images):
         srv.proc.send_signal(signal.SIGTERM)
         srv.proc.wait(30)
         lines = srv.output().splitlines()
-    assert 'lcs_requests_total{endpoint="/predict",model="digits",status="400"} 1.0' in text
+    series = 'lcs_requests_total{endpoint="/predict",model="digits",protocol="http",status="400"}'
+    assert series + " 1.0" in text
     assert "lcs_reading_memory_available_bytes" in text
     records = [json.loads(x) for x in lines if x.startswith("{")]
     access = [r for r in records if r["logger"] == "lcs.access" and r["path"] == "/predict"]
