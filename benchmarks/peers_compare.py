@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +85,8 @@ class Running:
     url: str
     grpc_port: int | None
     log: Path
-    seen: set[int] = field(default_factory=set)  # every pid of its tree or session seen so far
+    # Every process of its tree or session seen so far, pid → start time (a reused pid is not it).
+    seen: dict[int, float] = field(default_factory=dict)
 
 
 def members(r: Running) -> list[psutil.Process]:
@@ -106,7 +106,9 @@ def members(r: Running) -> list[psutil.Process]:
                 found[p.pid] = p
         except (OSError, psutil.Error):
             continue
-    r.seen |= set(found)
+    for pid, p in found.items():
+        with contextlib.suppress(psutil.Error):
+            r.seen.setdefault(pid, p.create_time())
     return list(found.values())
 
 
@@ -205,31 +207,34 @@ def start(name: str, py: Path | None, model: Path, work: Path, backend: str) -> 
 
 
 def stop(r: Running) -> list[int]:
-    """SIGTERM to the process group, SIGKILL after 20 s, then to any straggler of its tree or
-    session by pid; returns the pids still alive after that (should be none)."""
+    """SIGTERM to the process group; after the main process exits (or 20 s), 3 s of grace, then
+    SIGKILL to every process of its tree or session seen, re-scanned each time
+    (TorchServe's frontend respawns workers while it shuts down); returns the pids still alive
+    after 15 s more (should be none)."""
     members(r)
-    for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(r.proc.pid, sig)
-        try:
-            r.proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        break
-    deadline = time.monotonic() + 10
-    alive = []
-    while time.monotonic() < deadline:
-        alive = [p for p in psutil.process_iter() if p.pid in r.seen]
-        alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
-        if not alive:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(r.proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        r.proc.wait(20)
+    now = time.monotonic()
+    grace, deadline = now + 3, now + 15
+    while True:
+        members(r)
+        alive = []
+        for pid, started in r.seen.items():
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                if p.create_time() == started and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+        if not alive or time.monotonic() > deadline:
             break
-        for p in alive:
-            try:
-                if time.monotonic() > deadline - 8:
+        if time.monotonic() > grace:  # by pid and start time: nothing but what it started
+            for p in alive:
+                with contextlib.suppress(psutil.Error):
                     p.kill()
-            except psutil.Error:
-                continue
         time.sleep(0.2)
+    if r.proc.poll() is None:
+        r.proc.wait(5)
     return [p.pid for p in alive]
 
 
@@ -386,12 +391,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for s, p, c in keys:
         rs = [r for r in rows if (r["server"], r["protocol"], r["concurrency"]) == (s, p, c)]
-        med: Callable[[str], float] = lambda k, rs=rs: statistics.median(r[k] for r in rs)  # noqa: E731
-        out.append({"server": s, "protocol": p, "concurrency": c, "rounds": len(rs),
-                    "rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
-                    "cpu_ms_per_request": med("cpu_ms_per_request"),
-                    "errors": sum(r["errors"] for r in rs),
-                    "correct": all(r["correct"] for r in rs)})  # fmt: skip
+        row = {"server": s, "protocol": p, "concurrency": c, "rounds": len(rs)}
+        for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request"):
+            row[k] = statistics.median(r[k] for r in rs)
+        row["errors"] = sum(r["errors"] for r in rs)
+        row["correct"] = all(r["correct"] for r in rs)
+        if "gamma" in rs[0]:  # lcs-serve: the most compressed level any of its rows ran at
+            row["gamma"] = min(r["gamma"] for r in rs)
+        out.append(row)
     for row in out:
         if row["server"] != "lcs-serve":
             continue

@@ -533,6 +533,8 @@ def peers_section(d: dict[str, Any]) -> str:
                 else ""
             )
             name = f"**{r['server']}**" if r["server"] == "lcs-serve" else r["server"]
+            if r.get("gamma", 1.0) != 1.0:  # the controller compressed during the row
+                name += f" (γ = {r['gamma']:.2f})"
             bad = "" if r["correct"] else " (wrong answers)"
             rows.append([proto, r["concurrency"], name + bad, round(r["rps"]), r["p50_ms"],
                          r["p99_ms"], r["cpu_ms_per_request"], r["errors"], ratio])  # fmt: skip
