@@ -123,7 +123,9 @@ def cpu_seconds(r: Running) -> float:
     return total
 
 
-def start(name: str, py: Path | None, model: Path, work: Path, backend: str) -> Running:
+def start(
+    name: str, py: Path | None, model: Path, work: Path, backend: str, controller: bool = True
+) -> Running:
     peer = PEERS[name]
     work.mkdir(parents=True, exist_ok=True)
     port, grpc_port, metrics_port = free_port(), free_port(), free_port()
@@ -144,7 +146,8 @@ def start(name: str, py: Path | None, model: Path, work: Path, backend: str) -> 
     cwd = ROOT
     if name == "lcs-serve":
         env |= {"LCS_PORT": str(port), "LCS_HOST": "127.0.0.1", "LCS_GRPC_PORT": str(grpc_port),
-                "LCS_LOG_LEVEL": "warning", "LCS_TORCH_THREADS": "1"}  # fmt: skip
+                "LCS_LOG_LEVEL": "warning", "LCS_TORCH_THREADS": "1",
+                "LCS_CONTROLLER_ENABLED": "1" if controller else "0"}  # fmt: skip
         cmd = [exe, "-m", "server.cli", "serve"]
     elif name in ("plain-fastapi", "litserve", "ray"):
         module = {"plain-fastapi": "plain_server", "litserve": "litserve_server"}.get(
@@ -334,6 +337,8 @@ def wait_ready(r: Running, protocol: str, b: Bodies, timeout: float) -> None:
 
 
 def load(r: Running, protocol: str, b: Bodies, c: int, n: int) -> dict[str, Any]:
+    """`n` requests, rounded up to a multiple of `c` (hey gives each worker n // c)."""
+    n = -(-n // c) * c
     if protocol == GRPC:
         return grpc_load(r.grpc_port or 0, b.x, c, n)
     url, file, ctype, extra = http_request(r, protocol, b)
@@ -362,6 +367,7 @@ def run_server(
     rows = []
     for c in args.concurrency:
         for protocol in peer.protocols:
+            before = level(r)
             cpu0 = cpu_seconds(r)
             res = load(r, protocol, b, c, args.requests)
             cpu = cpu_seconds(r) - cpu0
@@ -370,18 +376,28 @@ def run_server(
                    "cpu_s": cpu, "cpu_ms_per_request": 1e3 * cpu / max(res["ok"], 1),
                    "answer": got, "expected": expected, "correct": got == expected,
                    "startup_s": startup, **extra}  # fmt: skip
-            if r.name == "lcs-serve":
-                level = httpx.get(r.url + "/level", timeout=10).json()
-                row |= {"tier": level["tier"], "gamma": level["gamma"]}
+            if before is not None:  # lcs-serve: the tier after, the lowest γ before or after
+                after = level(r) or before
+                row |= {"tier": after[0], "gamma": min(before[1], after[1])}
             rows.append(row)
             print(
                 f"  {r.name:13} {protocol:10} c={c:<3} {res['rps']:7.0f} req/s  p50 "
                 f"{res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  "
                 f"CPU {row['cpu_ms_per_request']:.2f} ms/req  errors {res['errors']}"
-                + ("" if row["correct"] else f"  WRONG ANSWER {got}"),
+                + ("" if row["correct"] else f"  WRONG ANSWER {got}")
+                + (f"  γ = {row['gamma']:.2f}: the controller compressed (machine busy? "
+                   "--controller-off)" if row.get("gamma", 1.0) < 1.0 else ""),
                 flush=True,
-            )
+            )  # fmt: skip
     return rows
+
+
+def level(r: Running) -> tuple[str, float] | None:
+    """lcs-serve's (tier, γ) now; None for a peer."""
+    if r.name != "lcs-serve":
+        return None
+    d = httpx.get(r.url + "/level", timeout=10).json()
+    return d["tier"], d["gamma"]
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -424,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend", choices=["ort", "torch"], default="ort",
                    help="the peers' forward (triton-torch: always TorchScript)")  # fmt: skip
     p.add_argument("--no-install", action="store_true", help="skip peers not installed")
+    p.add_argument("--controller-off", action="store_true",
+                   help="lcs-serve without its controller: γ = 1 on a busy machine")  # fmt: skip
     p.add_argument("--start-timeout", type=float, default=120)
     args = p.parse_args(argv)
     unknown = set(args.peers) - set(PEERS)
@@ -471,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"round {rnd + 1}/{args.rounds}: {name} "
                       f"({time.monotonic() - t_start:.0f} s elapsed)", flush=True)  # fmt: skip
                 try:
-                    r = start(name, pythons[name], model, work / f"{name}-{rnd}", args.backend)
+                    r = start(name, pythons[name], model, work / f"{name}-{rnd}", args.backend,
+                              not args.controller_off)  # fmt: skip
                 except (OSError, subprocess.CalledProcessError) as e:
                     print(f"  {name} did not start: {e}", flush=True)
                     failures.append({"server": name, "round": rnd, "error": str(e)[:500]})
@@ -492,10 +511,13 @@ def main(argv: list[str] | None = None) -> None:
         if "rps_ratio" in row:
             print(f"lcs-serve {row['protocol']:10} c={row['concurrency']:<3} "
                   f"{row['rps_ratio']:.2f}× req/s of {row['best_peer']}, "
-                  f"p99 {row['p99_ratio']:.2f}× the best peer's", flush=True)  # fmt: skip
+                  f"p99 {row['p99_ratio']:.2f}× the best peer's"
+                  + (f" (NOT comparable: γ = {row['gamma']:.2f} in a round)"
+                     if row.get("gamma", 1.0) < 1.0 else ""), flush=True)  # fmt: skip
     path = save("peers", {
         "rows": rows, "summary": summary, "requests": args.requests, "rounds": args.rounds,
         "concurrency": args.concurrency, "backend": args.backend, "skipped": skipped,
+        "lcs_controller": "off" if args.controller_off else "on",
         "failures": failures, "leftover_pids": leftovers,
         "settings": {n: PEERS[n].settings for n in names},
         "natural_png": {n: PEERS[n].png[1] for n in names if PNG in PEERS[n].protocols},

@@ -577,7 +577,9 @@ def peers_section(d: dict[str, Any]) -> str:
         "round), medians over rounds. CPU per request: CPU seconds of the server's whole "
         "process tree during the row / requests answered. Ratio: lcs-serve's req/s over the "
         "best peer's on the same protocol and concurrency, and its p99 over the lowest "
-        f"peer p99. Forward backend of the peers: {d.get('backend', 'ort')}.\n\n"
+        f"peer p99. Forward backend of the peers: {d.get('backend', 'ort')}; lcs-serve's "
+        f"controller {d.get('lcs_controller', 'on')} (a row marked γ < 1 ran compressed in a "
+        "round: not the same model, not comparable).\n\n"
         f"Settings: {settings}.\n\n"
         + (f"Skipped: {skipped}.\n\n" if skipped else "")
         + (f"Failed: {failed}.\n\n" if failed else "")
