@@ -71,7 +71,7 @@ PEERS: dict[str, Peer] = {
     "torchserve": Peer("torchserve", (PNG,), ("/predictions/digits", "raw"),
                        "default workers (one per core), batch size 1, 1 intra-op thread"),
     "ray": Peer("ray", (PNG,), ("/predict", "raw"),
-                "1 replica (default), async __call__, 1 intra-op thread"),
+                "1 replica, max_ongoing_requests 5 (defaults), async __call__, 1 intra-op thread"),
     "bentoml": Peer("bentoml", (PNG,), settings="workers default (1), sync API, 1 intra-op thread"),
     "litserve": Peer(None, (PNG,), settings="defaults (1 worker per device), 1 intra-op thread"),
     "plain-fastapi": Peer(None, (PNG,), settings="uvicorn 1 process, sync route, 1 thread"),
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=int, default=1000, help="per row")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=200, help="requests per protocol per start")
+    p.add_argument("--warmup", type=int, default=100, help="requests per protocol per start")
     p.add_argument("--backend", choices=["ort", "torch"], default="ort",
                    help="the peers' forward (triton-torch: always TorchScript)")  # fmt: skip
     p.add_argument("--no-install", action="store_true", help="skip peers not installed")
