@@ -526,6 +526,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"saved {path} after {time.monotonic() - t_start:.0f} s", flush=True)
     if leftovers:
         raise SystemExit(f"processes left behind: {leftovers}")
+    if any(f["server"] == "lcs-serve" for f in failures):  # the one server never skipped
+        raise SystemExit("lcs-serve failed: see above")
 
 
 if __name__ == "__main__":
