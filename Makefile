@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps serve test lint format bench accuracy soak soak-attack fuzz default-model image-test deploy-check proto digits-cpreresnet20 clean
+.PHONY: setup system-deps serve test lint format bench bench-peers accuracy soak soak-attack fuzz default-model image-test deploy-check proto digits-cpreresnet20 clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,15 @@ bench: setup system-deps
 	$(BIN)/python -m benchmarks.tier2
 	$(BIN)/python -m benchmarks.models
 	$(BIN)/python -m benchmarks.protocols
+	$(BIN)/python -m benchmarks.report
+
+# lcs-serve against Triton (PyTriton), MLServer, TorchServe, Ray Serve, BentoML, LitServe and plain
+# FastAPI on the same model and requests: each peer installed once into its own venv under
+# ~/.cache/lcs-serve/peers (a few minutes each, the first time), then about 10 minutes.
+# Flags through ARGS, e.g. make bench-peers ARGS="--peers triton mlserver --requests 300".
+bench-peers: setup system-deps
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python -m benchmarks.peers_compare $(ARGS)
 	$(BIN)/python -m benchmarks.report
 
 # LCS against the paper's baselines on the digits (66 trainings, about an hour on 2 cores; cached

@@ -512,33 +512,78 @@ def soak_section(d: dict[str, Any]) -> str:
     )
 
 
-def peers_section(d: dict[str, Any]) -> str:
-    def server(r: dict[str, Any]) -> str:  # lcs-serve's rows say which tier answered
-        return f"{r['server']} ({r['tier']})" if "tier" in r else r["server"]
+HEADER_PEERS = ["protocol", "c", "server", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "errors",
+                "lcs-serve vs best peer"]  # fmt: skip
 
-    rows = [
-        [server(r), r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
-        for r in d["rows"]
-    ]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    for name in dict.fromkeys(server(r) for r in d["rows"]):
-        pts = [r for r in d["rows"] if server(r) == name]
-        ax.plot([r["concurrency"] for r in pts], [r["rps"] for r in pts], "o-", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrency")
-    ax.set_ylabel("requests/s")
-    ax.legend()
+
+def peers_section(d: dict[str, Any]) -> str:
+    rows_in = d.get("summary")
+    if rows_in is None:  # a results file from before the harness had rounds and protocols
+        return "## Against the servers users would pick instead\n\nRun `make bench-peers`.\n"
+    protocols = list(dict.fromkeys(r["protocol"] for r in rows_in))
+    rows = []
+    for proto in protocols:
+        for r in sorted(
+            (r for r in rows_in if r["protocol"] == proto),
+            key=lambda r: (r["concurrency"], r["server"] != "lcs-serve", -r["rps"]),
+        ):
+            ratio = (
+                f"{r['rps_ratio']:.2f}× {r['best_peer']}, p99 {r['p99_ratio']:.2f}×"
+                if "rps_ratio" in r
+                else ""
+            )
+            name = f"**{r['server']}**" if r["server"] == "lcs-serve" else r["server"]
+            if r.get("gamma", 1.0) != 1.0:  # the controller compressed during the row
+                name += f" (γ = {r['gamma']:.2f})"
+            bad = "" if r["correct"] else " (wrong answers)"
+            rows.append([proto, r["concurrency"], name + bad, round(r["rps"]), r["p50_ms"],
+                         r["p99_ms"], r["cpu_ms_per_request"], r["errors"], ratio])  # fmt: skip
+    fig, axes = plt.subplots(1, len(protocols), figsize=(3.2 * len(protocols), 3.4), dpi=110,
+                             squeeze=False, sharey=True)  # fmt: skip
+    servers = list(dict.fromkeys(r["server"] for r in rows_in))
+    colour = {n: "black" if n == "lcs-serve" else f"C{i}" for i, n in enumerate(servers)}
+    for ax, proto in zip(axes[0], protocols, strict=True):
+        pts = [r for r in rows_in if r["protocol"] == proto]
+        for name in dict.fromkeys(r["server"] for r in pts):
+            own = sorted((r for r in pts if r["server"] == name), key=lambda r: r["concurrency"])
+            style = {"lw": 2.5 if name == "lcs-serve" else 1, "color": colour[name]}
+            ax.plot([r["concurrency"] for r in own], [r["rps"] for r in own], "o-", label=name,
+                    **style)  # fmt: skip
+        ax.set_xscale("log", base=2)
+        conc = sorted({r["concurrency"] for r in pts})
+        ax.set_xticks(conc, [str(c) for c in conc])
+        ax.set_title(proto)
+        ax.set_xlabel("concurrency")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("requests/s (median of rounds)")
     fig.tight_layout()
     fig.savefig(PLOTS / "peers.png")
     plt.close(fig)
+    settings = "; ".join(f"{k}: {v}" for k, v in d.get("settings", {}).items())
+    png = ", ".join(f"{k} {v}" for k, v in d.get("natural_png", {}).items())
+    skipped = "; ".join(f"{k}: {v}" for k, v in d.get("skipped", {}).items())
+    failed = "; ".join(f"{f['server']} (round {f['round'] + 1}): {f['error'][:120]}"
+                       for f in d.get("failures", []))  # fmt: skip
     return (
-        "## Against the servers users would pick instead\n\n`python -m benchmarks."
-        "peers_compare`: the default model at full width behind this daemon (controller "
-        "off), a plain FastAPI + uvicorn server with one forward pass per request "
-        "(`benchmarks/peers/plain_server.py`) and LitServe with its defaults "
-        f"(`benchmarks/peers/litserve_server.py`); the same multipart PNG, `hey`, "
-        f"{d['requests']} requests per row, one run. TorchServe was not tried.\n\n"
-        + table(["server", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+        "## Against the servers users would pick instead\n\n`make bench-peers` "
+        "(`python -m benchmarks.peers_compare`): the default model frozen at γ = 1, exported by "
+        "`models/export.py` (ONNX for the ONNX Runtime peers, TorchScript for `triton-torch`), "
+        "1 intra-op thread everywhere; each peer in its own venv "
+        "(`~/.cache/lcs-serve/peers`). lcs-serve with its defaults, timed once tier 2 serves. "
+        "The same OIP v2 request of one 28×28 FP32 image (JSON, binary tensors, gRPC) where "
+        "the protocol allows; otherwise each peer's natural API with the same PNG "
+        f"({png}). `hey` for HTTP, a grpc.aio loop for gRPC; {d['requests']} requests per "
+        f"row, rounds: {d['rounds']}, the servers alternated (each started afresh per "
+        "round), medians over rounds. CPU per request: CPU seconds of the server's whole "
+        "process tree during the row / requests answered. Ratio: lcs-serve's req/s over the "
+        "best peer's on the same protocol and concurrency, and its p99 over the lowest "
+        f"peer p99. Forward backend of the peers: {d.get('backend', 'ort')}; lcs-serve's "
+        f"controller {d.get('lcs_controller', 'on')} (a row marked γ < 1 ran compressed in a "
+        "round: not the same model, not comparable).\n\n"
+        f"Settings: {settings}.\n\n"
+        + (f"Skipped: {skipped}.\n\n" if skipped else "")
+        + (f"Failed: {failed}.\n\n" if failed else "")
+        + table(HEADER_PEERS, rows)
         + "\n\n![peers](benchmarks/results/plots/peers.png)\n"
     )
 

@@ -6,7 +6,7 @@ import argparse
 
 import litserve as ls
 
-from benchmarks.peers.common import Model
+from benchmarks.peers.serving import Model
 
 
 class DigitAPI(ls.LitAPI):

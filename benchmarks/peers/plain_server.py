@@ -7,7 +7,7 @@ import argparse
 import uvicorn
 from fastapi import FastAPI, UploadFile
 
-from benchmarks.peers.common import Model
+from benchmarks.peers.serving import Model
 
 app = FastAPI()
 model = Model()
@@ -20,8 +20,7 @@ def health() -> dict[str, str]:
 
 @app.post("/predict")
 def predict(file: UploadFile) -> dict[str, object]:  # sync: runs in the thread pool
-    x = model.preprocess(file.file.read())
-    return {"predictions": model.top5(model(x[None])[0])}
+    return model.predict_png(file.file.read())
 
 
 if __name__ == "__main__":

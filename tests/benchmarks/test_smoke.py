@@ -19,7 +19,6 @@ TINY = {
     "switch_cost": ["--archs", "small_cnn", "--repeats", "3"],
     "speedup": ["--archs", "cpreresnet20", "--batches", "1", "--threads", "1", "--repeats", "2"],
     "server_load": ["--concurrency", "2", "--requests", "60", "--gammas", "1.0", "--rounds", "1"],
-    "peers_compare": ["--concurrency", "2", "--requests", "60"],
     "adaptation": ["--models", "digits", "--burners", "0", "--seconds", "4"],
     "memory": ["--arch", "small_cnn"],
     "controller_overhead": ["--seconds", "1"],
@@ -80,11 +79,49 @@ def test_script_runs_and_saves_results(name, results):
     args = [a.format(results=results) for a in TINY[name]]
     r = run_module(f"benchmarks.{name}", args, {"LCS_BENCH_RESULTS": str(results)}, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    saved = {"peers_compare": "peers", "accuracy.table2": "table2"}.get(name, name)
+    saved = {"accuracy.table2": "table2"}.get(name, name)
     data = json.loads((results / f"{saved}.json").read_text())
     assert data["machine"]["cores"] >= 1
     leftover = set(stray_workers(results)) - before
     assert not leftover, f"{name} left processes behind: {leftover}"
+
+
+def test_peers_harness_measures_lcs_serve_and_a_peer(results, tmp_path):
+    """`make bench-peers` on a tiny setting: lcs-serve on its four transports and the plain
+    FastAPI peer (no install: the other peers live in venvs CI never makes). Every row is real:
+    each request sent was answered 200, and the answer is the digit's label."""
+    from tests.helpers import digits
+
+    before = set(stray_workers(results))
+    args = ["--peers", "plain-fastapi", "--no-install", "--rounds", "1", "--concurrency", "2",
+            "--requests", "30", "--warmup", "5"]  # fmt: skip
+    r = run_module("benchmarks.peers_compare", args, {"LCS_BENCH_RESULTS": str(results)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    data = json.loads((results / "peers.json").read_text())
+    _, labels = digits(200)
+    label = next(v for v in labels if v != 0)  # the harness sends the first non-zero digit
+    got = {(row["server"], row["protocol"]) for row in data["rows"]}
+    assert got == {("lcs-serve", p) for p in ("PNG", "OIP JSON", "OIP binary", "gRPC")} | {
+        ("plain-fastapi", "PNG")
+    }
+    for row in data["rows"]:
+        assert row["requests"] == row["ok"] == 30 and row["errors"] == 0, row
+        assert row["answer"] == row["expected"] == label, row
+        assert row["rps"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"], row
+        assert row["cpu_s"] > 0, row  # the server's process tree did the work
+        if row["server"] == "lcs-serve":  # timed on tier 2; γ is the controller's (recorded)
+            assert row["tier"] == "onnx" and 0 < row["gamma"] <= 1, row
+    assert not data["failures"] and not data["leftover_pids"]
+    assert not set(stray_workers(results)) - before
+    lcs = next(s for s in data["summary"] if s["server"] == "lcs-serve" and s["protocol"] == "PNG")
+    assert lcs["best_peer"] == "plain-fastapi"
+    fastapi = next(s for s in data["summary"] if s["server"] == "plain-fastapi")
+    assert lcs["rps_ratio"] == pytest.approx(lcs["rps"] / fastapi["rps"])
+    r = run_module("benchmarks.report", [], report_env(results, tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Against the servers users would pick instead" in text
+    assert (results / "plots" / "peers.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_renders_what_was_saved(results, tmp_path):
