@@ -35,6 +35,11 @@ class _Item:
     trace: object = field(default_factory=tracing.capture)  # its span context; None: off
 
 
+def _expire(future: asyncio.Future[Result]) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded("no result within the request's deadline"))
+
+
 # (batch, the level asked for or None for the current one) -> (probs, level run, tier)
 Forward = Callable[[torch.Tensor, Level | None], tuple[torch.Tensor, Level, str]]
 Observer = Callable[[int, float, str], None]  # (batch size, forward seconds, tier)
@@ -91,17 +96,20 @@ class Engine:
     async def infer(self, x: torch.Tensor, deadline: float, level: Level | None = None) -> Result:
         """x (C, H, W) through the queue; `deadline` is a time.monotonic() instant; `level`
         pins the request to a level of its own (else it runs at the one current then)."""
-        item = _Item(x, asyncio.get_running_loop().create_future(), level)
+        loop = asyncio.get_running_loop()
+        item = _Item(x, loop.create_future(), level)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
             raise QueueFull(f"queue full ({self.max_queue} waiting); retry shortly") from None
+        # One timer on the item's own future, not wait_for(shield(...)): that pair costs two
+        # more futures and a task wake-up per request. An expired or abandoned item is done,
+        # and a batch not yet started skips it.
+        timer = loop.call_later(max(deadline - time.monotonic(), 0.0), _expire, item.future)
         try:
-            left = deadline - time.monotonic()
-            return await asyncio.wait_for(asyncio.shield(item.future), max(left, 0.0))
-        except TimeoutError:
-            item.future.cancel()  # a batch not yet started skips it
-            raise DeadlineExceeded("no result within the request's deadline") from None
+            return await item.future
+        finally:
+            timer.cancel()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -159,4 +167,4 @@ class Engine:
                 batch.append(await asyncio.wait_for(self._queue.get(), left))
             except TimeoutError:
                 break
-        return [i for i in batch if not i.future.cancelled()]
+        return [i for i in batch if not i.future.done()]
