@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from models.compression.cache import LEVEL_CACHE, LevelCache, level_bytes
 from models.families.structured import width as width  # re-exported
 from models.layers import LayerParams
 
@@ -53,15 +54,18 @@ class Level:
 
 class LevelCompressor:
     """Compresses one network to any α. With `cache=True` (serving, weights frozen) it keeps
-    what does not depend on α: the |w| order for point-subspace TopK and the few quantized
-    levels, so a switch costs a lookup rather than a sort."""
+    what does not depend on α: the |w| order for point-subspace TopK, and the levels of a
+    family with few of them (quantization's bit widths) in `level_cache`, a byte-bounded LRU
+    shared by every network of the process (default: LEVEL_CACHE)."""
 
-    def __init__(self, net: SubspaceNet, *, cache: bool = False) -> None:
+    def __init__(
+        self, net: SubspaceNet, *, cache: bool = False, level_cache: LevelCache | None = None
+    ) -> None:
         self.net = net
         self.spec = net.spec
         self.cache = cache
+        self.level_cache = LEVEL_CACHE if level_cache is None else level_cache
         self._ctx: dict[str, Any] = {"orders": {} if cache else None}
-        self._levels: dict[float, Level] = {}
 
     def __call__(
         self,
@@ -83,9 +87,12 @@ class LevelCompressor:
     def _cached(self, alpha: float) -> Level:
         if not self.spec.handler.caches_levels:
             return self._compress(alpha)
-        if alpha not in self._levels:
-            self._levels[alpha] = self._compress(alpha)
-        return self._levels[alpha]
+        level = self.level_cache.get(self, alpha)
+        if level is None:
+            level = self._compress(alpha)
+            nbytes = level_bytes(level, self.net.parameters())
+            self.level_cache.put(self, self.net, alpha, level, nbytes)
+        return level
 
     def _compress(
         self,

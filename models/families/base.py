@@ -61,7 +61,7 @@ class Family:
     config_type: ClassVar[type[FamilyConfig]]
     gamma_label: ClassVar[str] = "γ"  # column title in accuracy tables
     line_weights: ClassVar[bool] = True  # LCS+L duplicates the conv/linear weights too
-    caches_levels: ClassVar[bool] = False  # few enough levels to keep them all when serving
+    caches_levels: ClassVar[bool] = False  # few levels: serving keeps them (bounded LRU cache)
 
     def __init__(self, config: FamilyConfig | None = None) -> None:
         self.config = config if config is not None else self.config_type()
