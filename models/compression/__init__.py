@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from models.compression.buffers import OutputBuffers
 from models.compression.cache import LEVEL_CACHE, LevelCache, level_bytes
 from models.families.structured import width as width  # re-exported
 from models.layers import LayerParams
 
 if TYPE_CHECKING:
     from models.networks import SubspaceNet
+
+THRESHOLD_ALPHAS = 64  # α whose LCS+L thresholds are kept (19 floats each for ResNet18)
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +70,10 @@ class LevelCompressor:
         self.cache = cache
         self.level_cache = LEVEL_CACHE if level_cache is None else level_cache
         self._ctx: dict[str, Any] = {"orders": {} if cache else None}
+        self.buffers = OutputBuffers()
+        # LCS+L TopK thresholds of ω*(α) per α seen (the profile's grid at load), so a switch
+        # back to a level costs ω*(α) and one pruning pass rather than a selection.
+        self._thresholds: OrderedDict[float, dict[str, tuple[float, bool]]] = OrderedDict()
 
     def __call__(
         self,
@@ -85,7 +93,10 @@ class LevelCompressor:
         return self._compress(alpha)
 
     def _cached(self, alpha: float) -> Level:
-        if not self.spec.handler.caches_levels:
+        handler = self.spec.handler
+        if handler.reuses_buffers:
+            return self._into_buffers(alpha)
+        if not handler.caches_levels:
             return self._compress(alpha)
         level = self.level_cache.get(self, alpha)
         if level is None:
@@ -94,19 +105,34 @@ class LevelCompressor:
             self.level_cache.put(self, self.net, alpha, level, nbytes)
         return level
 
+    def _into_buffers(self, alpha: float) -> Level:
+        thresholds = self._thresholds.pop(alpha, {})
+        self._thresholds[alpha] = thresholds  # most recent last
+        while len(self._thresholds) > THRESHOLD_ALPHAS:
+            del self._thresholds[next(iter(self._thresholds))]
+        buffers = self.buffers.take()
+        level = None
+        try:
+            level = self._compress(alpha, out=buffers, thresholds=thresholds)
+        finally:
+            self.buffers.bind(buffers, level)
+        return level
+
     def _compress(
         self,
         alpha: float,
         gamma: float | None = None,
         per_layer: Callable[[str], float] | None = None,
+        **serving: Any,
     ) -> Level:
         gamma = self.spec.calc.gamma(alpha) if gamma is None else gamma
         handler = self.spec.handler
-        ctx = dict(self._ctx, act_quant=bool(self.net.act_quant_enabled), per_layer=per_layer)
+        ctx = dict(
+            self._ctx, act_quant=bool(self.net.act_quant_enabled), per_layer=per_layer, **serving
+        )
         params = {}
         for layer in self.net.subspace_layers():
-            w, b = layer.at(alpha)
-            params[layer.key] = handler.compress_layer(layer, w, b, gamma, ctx)
+            params[layer.key] = handler.compress_at(layer, alpha, gamma, ctx)
         return Level(alpha, gamma, self.spec.family, self.spec.kind, params)
 
 
