@@ -22,6 +22,9 @@ COLD = 3  # switches to an α never seen before, per row
 
 
 def measure(arch: str, family: str, kind: str, repeats: int) -> dict[str, float | str]:
+    # One draw of the weights for every run: where |w| ties at a pruning boundary depends on
+    # it (1-3 of the 9 grid levels of a random ResNet18), and so did the old tie path's cost.
+    torch.manual_seed(0)
     net = create_model(arch, SubspaceSpec(family, kind)).eval().requires_grad_(False)
     levels = LevelCompressor(net, cache=True)
     grid = net.spec.calc.grid(9)
