@@ -53,12 +53,23 @@ class LevelCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[int, float], _Entry] = OrderedDict()
         self.bound_bytes = bound_bytes
-        self.nbytes = 0  # held now
+        self._nbytes = 0
         self.evictions = 0
         self._owners: set[int] = set()
+        # Owners gone, by id: a finalizer only appends here (it may run inside a locked
+        # section, whenever the garbage collector does); every call drops their entries first.
+        self._dead: list[int] = []
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        with self._lock:
+            self._purge()
+            return self._nbytes
 
     def get(self, owner: object, alpha: float) -> Level | None:
         with self._lock:
+            self._purge()
             entry = self._entries.get((id(owner), alpha))
             if entry is None:
                 return None
@@ -68,44 +79,49 @@ class LevelCache:
     def put(self, owner: object, net: object, alpha: float, level: Level, nbytes: int) -> None:
         key = (id(owner), alpha)
         with self._lock:
+            self._purge()
             if key[0] not in self._owners:
                 # the owner's entries go when it does (an unloaded model's levels are freed)
                 self._owners.add(key[0])
-                weakref.finalize(owner, self.drop, key[0])
+                weakref.finalize(owner, self._dead.append, key[0])
             old = self._entries.pop(key, None)
             if old is not None:
-                self.nbytes -= old.nbytes
+                self._nbytes -= old.nbytes
             if nbytes > self.bound_bytes:
                 return
             self._entries[key] = _Entry(level, nbytes, id(net))
-            self.nbytes += nbytes
+            self._nbytes += nbytes
             self._evict()
 
     def set_bound(self, bound_bytes: int) -> None:
         with self._lock:
+            self._purge()
             self.bound_bytes = bound_bytes
             self._evict()
 
     def held_for(self, net: object) -> int:
         """Bytes held for the levels of one network."""
         with self._lock:
+            self._purge()
             return sum(e.nbytes for e in self._entries.values() if e.net == id(net))
 
     def alphas(self, owner: object) -> list[float]:
         """The owner's cached α, least recently used first."""
         with self._lock:
+            self._purge()
             return [a for (o, a) in self._entries if o == id(owner)]
 
-    def drop(self, owner_id: int) -> None:
-        with self._lock:
+    def _purge(self) -> None:
+        while self._dead:
+            owner_id = self._dead.pop()
             self._owners.discard(owner_id)
             for key in [k for k in self._entries if k[0] == owner_id]:
-                self.nbytes -= self._entries.pop(key).nbytes
+                self._nbytes -= self._entries.pop(key).nbytes
 
     def _evict(self) -> None:
-        while self.nbytes > self.bound_bytes and self._entries:
+        while self._nbytes > self.bound_bytes and self._entries:
             _, entry = self._entries.popitem(last=False)
-            self.nbytes -= entry.nbytes
+            self._nbytes -= entry.nbytes
             self.evictions += 1
 
 
