@@ -77,10 +77,12 @@ def test_a_live_level_is_never_overwritten(kind):
     snapshot = {k: p.weight.clone() for k, p in held.params.items()}
     weight = levels(0.6)[net.convs[1].key].weight  # the level goes, one tensor stays
     kept = weight.clone()
+    view = levels(0.5)[net.convs[2].key].weight.view(-1)[10:]  # a view of another one's storage
+    kept_view = view.clone()
     for alpha in (0.1, 0.9, 0.4, 0.7):
         levels(alpha)
     assert all(torch.equal(held[k].weight, snapshot[k]) for k in snapshot)
-    assert torch.equal(weight, kept)
+    assert torch.equal(weight, kept) and torch.equal(view, kept_view)
 
 
 def test_a_dropped_levels_tensors_are_reused():
