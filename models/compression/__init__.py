@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from models.compression.buffers import OutputBuffers
 from models.compression.cache import LEVEL_CACHE, LevelCache, level_bytes
@@ -17,7 +18,7 @@ from models.layers import LayerParams
 if TYPE_CHECKING:
     from models.networks import SubspaceNet
 
-THRESHOLD_ALPHAS = 64  # α whose LCS+L thresholds are kept (19 floats each for ResNet18)
+THRESHOLD_ALPHAS = 64  # α whose TopK boundaries are kept (ResNet18: 19 floats and ties each)
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,10 +71,10 @@ class LevelCompressor:
         self.cache = cache
         self.level_cache = LEVEL_CACHE if level_cache is None else level_cache
         self._ctx: dict[str, Any] = {"orders": {} if cache else None}
-        self.buffers = OutputBuffers()
-        # LCS+L TopK thresholds of ω*(α) per α seen (the profile's grid at load), so a switch
-        # back to a level costs ω*(α) and one pruning pass rather than a selection.
-        self._thresholds: OrderedDict[float, dict[str, tuple[float, bool]]] = OrderedDict()
+        self.buffers = OutputBuffers()  # where serving writes the levels of such a family
+        # TopK boundaries (threshold, kept ties) per α seen, by layer: the profile's grid at
+        # load, so a switch back to a level costs ω*(α) and one pruning pass, not a selection.
+        self._thresholds: OrderedDict[float, dict[str, tuple[float, Tensor | None]]] = OrderedDict()
 
     def __call__(
         self,
