@@ -41,6 +41,8 @@ def switch_section(d: dict[str, Any]) -> str:
             r["family"],
             r["kind"],
             r["switch_ms"],
+            f"{r['switch_p25_ms']:.3g}–{r['switch_p75_ms']:.3g}",
+            r.get("cold_ms", ""),
             r["interpolate_ms"],
             r["forward_ms"],
             r["switch_per_forward"],
@@ -50,24 +52,39 @@ def switch_section(d: dict[str, Any]) -> str:
     ]
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
     r18 = [r for r in d["rows"] if r["arch"] == "resnet18"]
-    ax.bar([f"{r['family'][:5]}\n{r['kind']}" for r in r18], [r["switch_ms"] for r in r18])
+    ax.bar(
+        [f"{r['family'][:5]}\n{r['kind']}" for r in r18],
+        [r["switch_ms"] for r in r18],
+        yerr=[
+            [r["switch_ms"] - r["switch_p25_ms"] for r in r18],
+            [r["switch_p75_ms"] - r["switch_ms"] for r in r18],
+        ],
+        capsize=3,
+    )
     ax.set_yscale("log")
-    ax.set_ylabel("switch time (ms, log)")
+    ax.set_ylabel("switch time (ms, log; bars p25–p75)")
     ax.set_title("ResNet18: cost of a level switch")
     fig.tight_layout()
     fig.savefig(PLOTS / "switch_cost.png")
     plt.close(fig)
     return (
         "## Switch cost\n\n`python -m benchmarks.switch_cost` (1 thread). Time to compress the "
-        "subspace to a new level, median of repeated random switches, against one forward "
-        "pass (batch 1) at that level.\n\n"
+        "subspace to a new level: median and interquartile range of repeated random switches "
+        "among a grid of 9 levels, each visited once before (as the daemon's load-time profile "
+        "visits its grid), against one forward pass (batch 1) at that level. *Cold*: the median "
+        "of 3 switches to an α off the grid, seen for the first time (LCS+L finds its "
+        "thresholds then; quantization snaps every α to its bit grid). ω*(α): interpolating "
+        "every line layer into reused tensors, the floor of a line switch that interpolates "
+        "every weight.\n\n"
         + table(
             [
                 "arch",
                 "family",
                 "kind",
                 "switch ms",
-                "of which ω*(α) ms",
+                "p25–p75 ms",
+                "cold ms",
+                "ω*(α) ms",
                 "forward ms",
                 "switch / forward",
                 "target ms",

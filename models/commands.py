@@ -6,10 +6,14 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from models.data import DATASETS
 from models.levels import FAMILIES, KINDS, NORMS
 from models.networks import ARCHITECTURES
+
+if TYPE_CHECKING:
+    from models.profile import Runner
 
 
 def add_train(p: argparse.ArgumentParser) -> None:
@@ -102,20 +106,30 @@ def add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", default="point", choices=KINDS)
     p.add_argument("--levels", type=float, nargs="+", help="γ values (default: Table 2 widths)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=10, help="rounds, each timing every level")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", action="store_true")
 
 
-def run_profile(args: argparse.Namespace) -> int:
+def run_profile(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    """`runner` times each level on a tier other than PyTorch (the server's ONNX Runtime one:
+    models/ knows torch only, so server/cli.py passes it in)."""
     import torch
 
-    from models.profile import format_profile, profile
+    from models.profile import format_profile, profile, torch_runner
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        rows = profile(args.arch, args.levels, args.family, args.kind, args.batch, args.repeats)
+        rows = profile(
+            args.arch,
+            args.levels,
+            args.family,
+            args.kind,
+            args.batch,
+            args.repeats,
+            runner or torch_runner,
+        )
     except ValueError as e:
         print(f"lcs profile: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -18,10 +19,13 @@ from models.networks import ARCHITECTURES, SubspaceNet, create_model
 
 __all__ = [
     "TABLE2_WIDTHS",
+    "Runner",
     "count_macs",
+    "interleaved_seconds",
     "median_seconds",
     "profile",
     "sample_seconds",
+    "torch_runner",
     "weight_bytes",
 ]
 
@@ -75,6 +79,37 @@ def median_latency(net: SubspaceNet, level: Level, x: torch.Tensor, repeats: int
     return statistics.median(times)
 
 
+# Builds the call `lcs profile` times for one level: (net, level, input batch) → (call, tier).
+Runner = Callable[[SubspaceNet, Level, torch.Tensor], tuple[Callable[[], object], str]]
+
+
+def torch_runner(
+    net: SubspaceNet, level: Level, x: torch.Tensor
+) -> tuple[Callable[[], object], str]:
+    """The PyTorch tier: the level's forward pass in inference mode."""
+
+    def run() -> object:
+        with torch.inference_mode():
+            return net(x, level)
+
+    return run, "torch"
+
+
+def interleaved_seconds(calls: Sequence[Callable[[], object]], rounds: int) -> list[list[float]]:
+    """Each round times every call once, starting one further along each time, so a noisy
+    moment slows all levels of a round alike rather than one level of the table."""
+    for fn in calls:
+        fn()
+        fn()
+    times: list[list[float]] = [[] for _ in calls]
+    for r in range(rounds):
+        for i in [(r + j) % len(calls) for j in range(len(calls))]:
+            t0 = time.perf_counter()
+            calls[i]()
+            times[i].append(time.perf_counter() - t0)
+    return times
+
+
 def profile(
     arch: str,
     gammas: Sequence[float] | None = None,
@@ -82,37 +117,47 @@ def profile(
     kind: str = "point",
     batch: int = 1,
     repeats: int = 10,
-) -> list[dict[str, float]]:
+    runner: Runner = torch_runner,
+) -> list[dict[str, Any]]:
+    """MACs, weight bytes and latency per level on the tier `runner` builds; levels are timed
+    interleaved and the speed-up is the median over rounds of the first level's time over
+    this one's in the same round (as benchmarks/speedup.py)."""
     spec = SubspaceSpec(family, kind)
     net = create_model(arch, spec).eval().requires_grad_(False)
     size = ARCHITECTURES[arch].input_size
     levels = LevelCompressor(net, cache=True)
     gammas = gammas or spec.handler.profile_gammas(spec.calc)
     x = torch.randn(batch, *size)
-    rows = []
-    for gamma in gammas:
-        level = levels(spec.calc.alpha(gamma))
+    built = [levels(spec.calc.alpha(gamma)) for gamma in gammas]
+    runs = [runner(net, level, x) for level in built]
+    times = interleaved_seconds([fn for fn, _ in runs], repeats)
+    rows: list[dict[str, Any]] = []
+    for level, (_, tier), ts in zip(built, runs, times, strict=True):
         rows.append(
             {
                 "gamma": level.gamma,
                 "alpha": level.alpha,
                 "mmacs": count_macs(net, level, size) / 1e6,
                 "weights_mb": weight_bytes(net, level) / 1e6,
-                "latency_ms": 1e3 * median_latency(net, level, x, repeats),
+                "latency_ms": 1e3 * statistics.median(ts),
+                "speedup": statistics.median(a / b for a, b in zip(times[0], ts, strict=True)),
+                "tier": tier,
             }
         )
     return rows
 
 
-def format_profile(arch: str, rows: Sequence[dict[str, float]], batch: int) -> str:
+def format_profile(arch: str, rows: Sequence[dict[str, Any]], batch: int) -> str:
+    tiers = sorted({str(r["tier"]) for r in rows})
     out = [
-        f"{arch} (batch {batch}, {torch.get_num_threads()} threads)",
-        f"{'γ':>7} {'MMACs':>10} {'weights MB':>11} {'latency ms':>11} {'speed-up':>9}",
+        f"{arch} (batch {batch}, {torch.get_num_threads()} threads, tier {'/'.join(tiers)})",
+        f"{'γ':>7} {'MMACs':>10} {'weights MB':>11} {'latency ms':>11} {'speed-up':>9}"
+        + (" tier" if len(tiers) > 1 else ""),
     ]
-    base = rows[0]["latency_ms"]
     for r in rows:
         out.append(
             f"{r['gamma']:7.3f} {r['mmacs']:10.2f} {r['weights_mb']:11.2f} "
-            f"{r['latency_ms']:11.2f} {base / r['latency_ms']:8.2f}×"
+            f"{r['latency_ms']:11.2f} {r['speedup']:8.2f}×"
+            + (f" {r['tier']}" if len(tiers) > 1 else "")
         )
     return "\n".join(out)

@@ -40,12 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "eval", "accuracy of a checkpoint at a grid of levels", commands.add_eval, commands.run_eval
     )
-    add(
-        "profile",
-        "MACs, weight memory and latency per level",
-        commands.add_profile,
-        commands.run_profile,
-    )
+    add("profile", "MACs, weight memory and latency per level", _add_profile, _profile)
     add(
         "controller",
         "show live readings and the level the policy would choose",
@@ -59,6 +54,25 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     from server.main import add_arguments
 
     add_arguments(p)
+
+
+def _add_profile(p: argparse.ArgumentParser) -> None:
+    commands.add_profile(p)
+    p.add_argument(
+        "--tier",
+        choices=("torch", "onnx"),
+        default="onnx",
+        help="what times each level: onnx (default), an ONNX Runtime session as the daemon "
+        "serves a settled level; torch, the PyTorch forward pass it serves meanwhile",
+    )
+
+
+def _profile(args: argparse.Namespace) -> int:
+    if args.tier == "torch":
+        return commands.run_profile(args)
+    from server.profile_tier import onnx_runner  # onnxruntime: server/ only
+
+    return commands.run_profile(args, onnx_runner(args.threads))
 
 
 def _add_controller(p: argparse.ArgumentParser) -> None:

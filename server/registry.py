@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from models import checkpoint
 from models.checkpoint import CheckpointError
+from models.compression import LEVEL_CACHE
 from server.errors import LoadError, UnknownModel
 from server.served import ServedModel, Shared, open_model
 from server.settings import NAME
@@ -54,6 +56,11 @@ class ModelRegistry:
         self._states: dict[str, _State] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        # Level-cache bytes of each model when its load growth was measured (already in it).
+        self._cached_at_load: weakref.WeakKeyDictionary[ServedModel, int] = (
+            weakref.WeakKeyDictionary()
+        )
+        LEVEL_CACHE.set_bound(int(shared.settings.level_cache_mb * 2**20))
 
     def get(self, name: str | None = None) -> ServedModel:
         name = self.default if name is None else name
@@ -94,6 +101,7 @@ class ModelRegistry:
                 log.exception("model load failed", extra={"model": name})
                 self._failed(name, old, f"{type(e).__name__}: {e}")
                 raise LoadError(500, f"loading {name!r} failed: {type(e).__name__}") from None
+            self._cached_at_load[model] = LEVEL_CACHE.held_for(model.net)
             self._versions[name] = version
             self.models[name] = model  # the atomic swap: new requests reach the new version
             self._states[name] = _State("READY")
@@ -136,7 +144,13 @@ class ModelRegistry:
         self.models.clear()
 
     def resident_bytes(self) -> int:
-        return sum(m.resident_bytes for m in self.models.values())
+        return sum(self.held_bytes(m) for m in self.models.values())
+
+    def held_bytes(self, model: ServedModel) -> int:
+        """What `model` holds now: its measured load growth and tier-2 sessions, with its share
+        of the level cache as it is now rather than as it was at load (evictions, new levels)."""
+        at_load = self._cached_at_load.get(model, 0)
+        return max(0, model.resident_bytes - at_load) + LEVEL_CACHE.held_for(model.net)
 
     # Helpers.
 
@@ -166,7 +180,7 @@ class ModelRegistry:
             return
         size = path.stat().st_size
         if old is not None:  # the same model again: its measured cost is the best estimate
-            estimate = old.resident_bytes * max(1.0, size / max(1, old.path.stat().st_size))
+            estimate = self.held_bytes(old) * max(1.0, size / max(1, old.path.stat().st_size))
         else:
             estimate = ESTIMATE_FACTOR * size + ESTIMATE_BASE
         used = self.resident_bytes()  # the old version keeps serving while the new one loads

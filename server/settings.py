@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # Refuse a load that would take resident memory past this; default: 80 % of the cgroup
     # memory limit when there is one, else unbounded.
     memory_budget_mb: float | None = Field(None, gt=0)
+    # Compressed levels kept for instant switches (quantization's bit widths), one LRU shared by
+    # every model and counted in the memory budget: all six ResNet18 LCS+P widths (43 MB each).
+    level_cache_mb: float = Field(256.0, ge=0)
     operator_token: SecretStr | None = None  # bearer token for PUT /level
     log_level: str = "info"
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
+from models.compression.buffers import OutputBuffers
+from models.compression.cache import LEVEL_CACHE, LevelCache, level_bytes
 from models.families.structured import width as width  # re-exported
 from models.layers import LayerParams
 
 if TYPE_CHECKING:
     from models.networks import SubspaceNet
+
+THRESHOLD_ALPHAS = 64  # α whose TopK boundaries are kept (ResNet18: 19 floats and ties each)
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,15 +59,22 @@ class Level:
 
 class LevelCompressor:
     """Compresses one network to any α. With `cache=True` (serving, weights frozen) it keeps
-    what does not depend on α: the |w| order for point-subspace TopK and the few quantized
-    levels, so a switch costs a lookup rather than a sort."""
+    what does not depend on α: the |w| order for point-subspace TopK, and the levels of a
+    family with few of them (quantization's bit widths) in `level_cache`, a byte-bounded LRU
+    shared by every network of the process (default: LEVEL_CACHE)."""
 
-    def __init__(self, net: SubspaceNet, *, cache: bool = False) -> None:
+    def __init__(
+        self, net: SubspaceNet, *, cache: bool = False, level_cache: LevelCache | None = None
+    ) -> None:
         self.net = net
         self.spec = net.spec
         self.cache = cache
+        self.level_cache = LEVEL_CACHE if level_cache is None else level_cache
         self._ctx: dict[str, Any] = {"orders": {} if cache else None}
-        self._levels: dict[float, Level] = {}
+        self.buffers = OutputBuffers()  # where serving writes the levels of such a family
+        # TopK boundaries (threshold, kept ties) per α seen, by layer: the profile's grid at
+        # load, so a switch back to a level costs ω*(α) and one pruning pass, not a selection.
+        self._thresholds: OrderedDict[float, dict[str, tuple[float, Tensor | None]]] = OrderedDict()
 
     def __call__(
         self,
@@ -81,25 +94,46 @@ class LevelCompressor:
         return self._compress(alpha)
 
     def _cached(self, alpha: float) -> Level:
-        if not self.spec.handler.caches_levels:
+        handler = self.spec.handler
+        if handler.reuses_buffers:
+            return self._into_buffers(alpha)
+        if not handler.caches_levels:
             return self._compress(alpha)
-        if alpha not in self._levels:
-            self._levels[alpha] = self._compress(alpha)
-        return self._levels[alpha]
+        level = self.level_cache.get(self, alpha)
+        if level is None:
+            level = self._compress(alpha)
+            nbytes = level_bytes(level, self.net.parameters())
+            self.level_cache.put(self, self.net, alpha, level, nbytes)
+        return level
+
+    def _into_buffers(self, alpha: float) -> Level:
+        thresholds = self._thresholds.pop(alpha, {})
+        self._thresholds[alpha] = thresholds  # most recent last
+        while len(self._thresholds) > THRESHOLD_ALPHAS:
+            del self._thresholds[next(iter(self._thresholds))]
+        buffers = self.buffers.take()
+        level = None
+        try:
+            level = self._compress(alpha, out=buffers, thresholds=thresholds)
+        finally:
+            self.buffers.bind(buffers, level)
+        return level
 
     def _compress(
         self,
         alpha: float,
         gamma: float | None = None,
         per_layer: Callable[[str], float] | None = None,
+        **serving: Any,
     ) -> Level:
         gamma = self.spec.calc.gamma(alpha) if gamma is None else gamma
         handler = self.spec.handler
-        ctx = dict(self._ctx, act_quant=bool(self.net.act_quant_enabled), per_layer=per_layer)
+        ctx = dict(
+            self._ctx, act_quant=bool(self.net.act_quant_enabled), per_layer=per_layer, **serving
+        )
         params = {}
         for layer in self.net.subspace_layers():
-            w, b = layer.at(alpha)
-            params[layer.key] = handler.compress_layer(layer, w, b, gamma, ctx)
+            params[layer.key] = handler.compress_at(layer, alpha, gamma, ctx)
         return Level(alpha, gamma, self.spec.family, self.spec.kind, params)
 
 

@@ -61,7 +61,8 @@ class Family:
     config_type: ClassVar[type[FamilyConfig]]
     gamma_label: ClassVar[str] = "γ"  # column title in accuracy tables
     line_weights: ClassVar[bool] = True  # LCS+L duplicates the conv/linear weights too
-    caches_levels: ClassVar[bool] = False  # few enough levels to keep them all when serving
+    caches_levels: ClassVar[bool] = False  # few levels: serving keeps them (bounded LRU cache)
+    reuses_buffers: ClassVar[bool] = False  # serving writes levels into reused output tensors
 
     def __init__(self, config: FamilyConfig | None = None) -> None:
         self.config = config if config is not None else self.config_type()
@@ -85,6 +86,14 @@ class Family:
         return [round(calc.alpha_min + i * step, 6) for i in range(n)]
 
     # -- f(ω, γ) ---------------------------------------------------------------------------
+    def compress_at(
+        self, layer: SubspaceLayer, alpha: float, gamma: float, ctx: dict[str, Any]
+    ) -> LayerParams:
+        """f(ω*(α), γ) for one layer. A family that `reuses_buffers` overrides it to write into
+        ctx["out"] (a BufferSet) when serving; training passes no buffers."""
+        w, b = layer.at(alpha)
+        return self.compress_layer(layer, w, b, gamma, ctx)
+
     def compress_layer(
         self, layer: SubspaceLayer, w: Tensor, b: Tensor | None, gamma: float, ctx: dict[str, Any]
     ) -> LayerParams:

@@ -43,7 +43,7 @@ class Quantization(Family):
     name = "quantization"
     config_type = QuantizationConfig
     gamma_label = "bits γ"
-    caches_levels = True  # six bit widths at most: keep them all when serving
+    caches_levels = True  # six bit widths at most: kept in the bounded level cache
     config: QuantizationConfig
 
     def clamp(self, calc: Calculator, alpha: float) -> float:

@@ -38,6 +38,7 @@ class Unstructured(Family):
     name = "unstructured"
     config_type = UnstructuredConfig
     gamma_label = "pruned γ"
+    reuses_buffers = True  # a level is a full copy of the weights: write it into reused tensors
     config: UnstructuredConfig
 
     def gamma(self, calc: Calculator, alpha: float) -> float:
@@ -45,6 +46,37 @@ class Unstructured(Family):
 
     def alpha(self, calc: Calculator, gamma: float) -> float:
         return self.clamp(calc, 1.0 - gamma)
+
+    def compress_at(
+        self, layer: SubspaceLayer, alpha: float, gamma: float, ctx: dict[str, Any]
+    ) -> LayerParams:
+        """Serving (ctx["out"] given): the same f(ω*(α), γ) as compress_layer, written into the
+        layer's reused output tensor in one pruning pass; the boundary (threshold and kept
+        ties) is found once per α and looked up on every later switch to it."""
+        out = ctx.get("out")
+        if out is None or is_norm(layer) or layer.role != "hidden":
+            return super().compress_at(layer, alpha, gamma, ctx)
+        n = int(gamma * layer.weight.numel())
+        buf = out.like(layer.key, layer.weight)
+        if layer.line:
+            # ω*(α) as SubspaceLayer.at computes it, into the buffer rather than a fresh tensor
+            w = torch.lerp(layer.weight_2, layer.weight, alpha, out=buf)
+            b = None
+            if layer.bias is not None and layer.bias_2 is not None:
+                b = torch.lerp(layer.bias_2, layer.bias, alpha)
+        else:
+            w, b = layer.weight, layer.bias
+        if n == 0:
+            return LayerParams(w, b)
+        known = ctx["thresholds"].get(layer.key)
+        if known is None:
+            known = ctx["thresholds"][layer.key] = _boundary(layer, w, n, ctx["orders"])
+        threshold, kept_ties = known
+        saved = None if kept_ties is None else w.view(-1)[kept_ties]  # a copy
+        pruned = torch.ops.aten.hardshrink.out(w, threshold, out=buf)
+        if kept_ties is not None:
+            pruned.view(-1)[kept_ties] = saved
+        return LayerParams(pruned, b)
 
     def compress_layer(
         self, layer: SubspaceLayer, w: Tensor, b: Tensor | None, gamma: float, ctx: dict[str, Any]
@@ -108,3 +140,18 @@ def _threshold(
     ordered = cache[layer.key]
     exact = n == ordered.numel() or bool(ordered[n - 1] < ordered[n])
     return float(ordered[n - 1]), exact
+
+
+def _boundary(
+    layer: SubspaceLayer, w: Tensor, n: int, cache: dict[str, Tensor] | None
+) -> tuple[float, Tensor | None]:
+    """The n-th smallest |w| = τ, and when weights equal to τ straddle the boundary, the flat
+    indices of the tied ones that stay: the last in index order, as the stable sort of
+    compress_layer's tie path keeps them (it prunes the first n of (|w|, index))."""
+    threshold, exact = _threshold(layer, w, n, cache)
+    if exact:
+        return threshold, None
+    magnitude = w.detach().abs().flatten()
+    tied = (magnitude == threshold).nonzero().flatten()
+    pruned_ties = n - int((magnitude < threshold).sum())
+    return threshold, tied[pruned_ties:]

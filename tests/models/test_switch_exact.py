@@ -1,0 +1,95 @@
+"""Serving's unstructured switch (reused tensors, thresholds kept per α) is exactly magnitude
+pruning of ω*(α) by a full stable sort, ties included, and never touches a live level."""
+
+import pytest
+import torch
+
+from models import LevelCompressor, SubspaceSpec, compress, create_model
+
+ALPHAS = [0.025, 0.3, 0.5, 0.77, 1.0]
+
+
+def full_sort_prune(layer, alpha: float, gamma: float) -> torch.Tensor:
+    """The definition: ω*(α) with the n = ⌊γ·N⌋ smallest |w| zeroed, ties broken by a stable
+    sort (the lower flat index goes first), computed from scratch."""
+    w, _ = layer.at(alpha)
+    n = int(gamma * w.numel())
+    if layer.role != "hidden" or w.dim() == 1 or n == 0:
+        return w
+    order = torch.sort(w.abs().flatten(), stable=True).indices
+    out = w.clone().flatten()
+    out[order[:n]] = 0
+    return out.view_as(w)
+
+
+def assert_pruned_as_defined(net, level):
+    for layer in net.subspace_layers():
+        expected = full_sort_prune(layer, level.alpha, level.gamma)
+        got = level[layer.key].weight
+        assert torch.equal(got, expected), layer.key
+
+
+def tie_heavy(net):
+    """Weights rounded to a few magnitudes, so most boundaries fall inside a run of equal |w|
+    (a line gets the same values at both ends: ω*(α) is then exact for every α)."""
+    with torch.no_grad():
+        for layer in net.subspace_layers():
+            if layer.weight.dim() > 1:
+                layer.weight.copy_((layer.weight * 20).round() / 20)
+                if layer.line:
+                    layer.weight_2.copy_(layer.weight)
+    return net
+
+
+@pytest.mark.parametrize("kind", ["point", "line"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_switch_prunes_exactly_as_a_full_sort(kind, ties):
+    """A line's endpoints differ (unless tie-heavy), so ω*(α) written into the reused tensors
+    must be SubspaceLayer.at's bit for bit, too."""
+    net = create_model("small_cnn", SubspaceSpec("unstructured", kind)).eval()
+    if ties:
+        tie_heavy(net)
+    levels = LevelCompressor(net, cache=True)
+    with torch.inference_mode():
+        for alpha in ALPHAS + ALPHAS[::-1]:  # first visits, then the kept thresholds
+            level = levels(alpha)
+            assert_pruned_as_defined(net, level)
+            reference = compress(net, alpha)  # training's path: the same f(ω, γ)
+            assert all(torch.equal(level[k].weight, reference[k].weight) for k in level.params)
+
+
+def test_ties_really_straddle_the_boundary():
+    """The tie-heavy network exercises the tie path: equal |w| both pruned and kept."""
+    net = tie_heavy(create_model("small_cnn", SubspaceSpec("unstructured", "line")).eval())
+    level = LevelCompressor(net, cache=True)(0.5)
+    layer = net.convs[2]
+    w, kept = layer.at(0.5)[0].abs(), level[layer.key].weight.abs()
+    boundary = w.flatten().sort().values[int(level.gamma * w.numel()) - 1]
+    at_boundary = w == boundary
+    assert (kept[at_boundary] == 0).any() and (kept[at_boundary] != 0).any()
+
+
+@pytest.mark.parametrize("kind", ["point", "line"])
+def test_a_live_level_is_never_overwritten(kind):
+    net = create_model("small_cnn", SubspaceSpec("unstructured", kind)).eval()
+    levels = LevelCompressor(net, cache=True)
+    held = levels(0.3)
+    snapshot = {k: p.weight.clone() for k, p in held.params.items()}
+    weight = levels(0.6)[net.convs[1].key].weight  # the level goes, one tensor stays
+    kept = weight.clone()
+    view = levels(0.5)[net.convs[2].key].weight.view(-1)[10:]  # a view of another one's storage
+    kept_view = view.clone()
+    for alpha in (0.1, 0.9, 0.4, 0.7):
+        levels(alpha)
+    assert all(torch.equal(held[k].weight, snapshot[k]) for k in snapshot)
+    assert torch.equal(weight, kept) and torch.equal(view, kept_view)
+
+
+def test_a_dropped_levels_tensors_are_reused():
+    """What makes the switch stable: no fresh (page-faulting) tensor once warmed."""
+    net = create_model("small_cnn", SubspaceSpec("unstructured", "line")).eval()
+    levels = LevelCompressor(net, cache=True)
+    key = net.convs[1].key
+    first = levels(0.3)[key].weight.data_ptr()  # the level is dropped at once
+    assert levels(0.6)[key].weight.data_ptr() == first
+    assert len(levels.buffers.sets) == 1
