@@ -36,5 +36,5 @@ async def metrics(request: Request) -> Response:
     if d is not None:
         for model in d.registry.models.values():
             model.metrics.queue_depth.set(model.engine.depth)
-            model.metrics.resident.set(model.resident_bytes)
+            model.metrics.resident.set(d.registry.held_bytes(model))  # level cache as it is now
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
