@@ -58,6 +58,7 @@ bench: setup system-deps
 	$(BIN)/python -m benchmarks.tier2
 	$(BIN)/python -m benchmarks.models
 	$(BIN)/python -m benchmarks.protocols
+	$(BIN)/python -m benchmarks.request_profile
 	$(BIN)/python -m benchmarks.report
 
 # lcs-serve against Triton (PyTriton), MLServer, TorchServe, Ray Serve, BentoML, LitServe and plain

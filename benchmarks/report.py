@@ -432,6 +432,22 @@ def overhead_section(d: dict[str, Any]) -> str:
     )
 
 
+def request_profile_section(d: dict[str, Any]) -> str:
+    rows = [[name, f"{us:.0f}"] for name, us in d["components"].items()]
+    return (
+        "## Where a request's CPU goes\n\n`python -m benchmarks.request_profile`: one client "
+        "sending OIP v2 JSON (one 28×28 digit) back to back to the default model on tier "
+        f"{d['tier']}, py-spy sampling the daemon for {d['seconds']:.0f} s ({d['requests']} "
+        f"requests): **{d['cpu_us_per_request']:.0f} µs of daemon CPU per request** (process "
+        "CPU time / requests), shared out by each component's share of the samples. A "
+        "sample is attributed to the innermost frame that names a component. uvloop's own "
+        "work in C is not visible (its run loop is also where it waits) and is spread over "
+        "the rest. Goal of issue 18: the non-forward part ≤ 500 µs.\n\n"
+        + table(["component", "µs per request"], rows)
+        + "\n"
+    )
+
+
 def protocols_section(d: dict[str, Any]) -> str:
     rows = [
         [r["transport"], r["concurrency"], f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}",
@@ -697,6 +713,7 @@ def main() -> None:
         ("controller_overhead", overhead_section),
         ("models", models_section),
         ("protocols", protocols_section),
+        ("request_profile", request_profile_section),
         ("soak", soak_section),
         ("soak_attack", attack_section),
     ):

@@ -1,0 +1,160 @@
+"""Where a request's CPU goes at concurrency 1: py-spy samples of a live daemon, per component."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+from benchmarks.common import RESULTS, machine
+
+ROOT = Path(__file__).resolve().parents[1]
+INFER = "/v2/models/digits/infer"
+# A sample belongs to the first component found walking from its innermost frame outward, so
+# json.loads under oip.parse_http is "OIP parse", and a lock under Engine submit is "engine hop".
+COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
+    (name, re.compile(pattern))
+    for name, pattern in [
+        ("forward (ONNX Runtime / torch)", r"Session\.run|InferenceService\.forward|Module\._call"),
+        ("OIP encode", r"^(encode_http|outputs_for|response_parameters) "),
+        ("OIP parse", r"server/oip\.py"),
+        (
+            "engine hop (submit, wake, result)",
+            r"ThreadPoolExecutor\.submit|_WorkItem\.run|Future\.set_result|_chain_future"
+            r"|call_soon_threadsafe|Engine\.",
+        ),
+        ("metrics (prometheus_client)", r"prometheus_client"),
+        ("access log", r"logging/|server/logs\.py"),
+        ("controller", r"controller/"),
+        ("lcs middleware", r"server/middleware\.py"),
+        ("FastAPI/Starlette routing + deps", r"fastapi/|starlette/|anyio/"),
+        ("uvicorn HTTP parsing", r"uvicorn/|server/main\.py|httptools"),
+        ("asyncio (tasks, futures)", r"asyncio/"),
+    ]
+]
+# Leaves where a thread waits in C (py-spy cannot tell these from work): uvloop's run loop in
+# epoll, an idle pool worker in its queue's get. Their CPU is in the process total below.
+WAITING = re.compile(r"^(Runner\.run|_worker|Condition\.wait|Queue\.get|Event\.wait) ")
+
+
+def classify(frames: list[str]) -> str | None:
+    if WAITING.match(frames[-1]):
+        return None
+    for frame in reversed(frames):
+        for name, pattern in COMPONENTS:
+            if pattern.search(frame):
+                return name
+    return "other"
+
+
+def body() -> bytes:
+    x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    inp = {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}
+    return json.dumps({"inputs": [inp]}).encode()
+
+
+def drive(url: str, seconds: float, done: list[float] | None = None) -> int:
+    """Sequential requests for `seconds`; each one's completion time goes to `done`."""
+    n, payload = 0, body()
+    with httpx.Client(base_url=url, timeout=30) as c:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            r = c.post(INFER, content=payload, headers={"content-type": "application/json"})
+            assert r.status_code == 200, r.text
+            n += 1
+            if done is not None:
+                done.append(time.monotonic())
+    return n
+
+
+def wait_tier2(url: str, timeout: float = 120) -> str:
+    """Traffic until the settled level is served by tier 2 (what users get by default)."""
+    deadline = time.monotonic() + timeout
+    tier = "torch"
+    while time.monotonic() < deadline and tier != "onnx":
+        drive(url, 1.0)
+        tier = httpx.get(url + "/level").json()["tier"]
+    return tier
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
+    args = p.parse_args()
+    port = 18700
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "LCS_PORT": str(port), "LCS_HOST": "127.0.0.1", "LCS_GRPC_PORT": "0",
+           "LCS_LOG_LEVEL": "warning", "LCS_TORCH_THREADS": "1"}  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env, start_new_session=True
+    )
+    raw = Path(tempfile.mkdtemp()) / "profile.txt"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        tier = wait_tier2(url)
+        done: list[float] = []
+        client = threading.Thread(target=drive, args=(url, args.seconds + 4, done))
+        client.start()
+        time.sleep(1.0)  # the client is in its stride before sampling starts
+        proc = psutil.Process(server.pid)
+        cpu0 = sum(proc.cpu_times()[:2])
+        subprocess.run(
+            ["py-spy", "record", "-p", str(server.pid), "-r", str(args.rate), "-d",
+             str(int(args.seconds)), "-f", "raw", "-o", str(raw), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+        )  # fmt: skip
+        stopped = time.monotonic()
+        cpu = sum(proc.cpu_times()[:2]) - cpu0
+        client.join()
+        # py-spy samples for `seconds` once attached: the window ends when it exits.
+        requests = sum(1 for t in done if stopped - args.seconds <= t <= stopped)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    total = 1e6 * cpu / requests  # the daemon process's CPU, all threads, user + system
+    per = summarise(raw, total)
+    out = {"machine": machine(), "tier": tier, "requests": requests, "seconds": args.seconds,
+           "cpu_us_per_request": total, "components": per}  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "request_profile.json").write_text(json.dumps(out, indent=2))
+    print(f"{requests} requests in {args.seconds:g} s on tier {tier}: {total:.0f} µs of CPU each")
+    for name, us in per.items():
+        print(f"{us:8.1f} µs  {name}")
+
+
+def summarise(raw: Path, total_us: float) -> dict[str, float]:
+    """The process's CPU per request shared out by the components' share of py-spy's samples
+    (a sample counts a thread that runs or waits for the GIL, so raw counts are wall time;
+    the shares are what the profile knows). Work uvloop does in C shows as its run loop's
+    leaf, which is also where it waits in epoll: it cannot be told apart and is left out."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        part = classify(stack.split(";")) if stack else None
+        if part is not None:
+            counts[part] += int(n)
+    seen = sum(counts.values())
+    return {k: total_us * v / seen for k, v in counts.most_common()}
+
+
+if __name__ == "__main__":
+    main()
