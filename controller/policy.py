@@ -305,6 +305,20 @@ def calibrate(
     return min(k, float(max(1, r.cpu_count or 1))), overhead / rate
 
 
+def rate_at(r: Readings, p: PlantView, alpha: float) -> float:
+    """The request rate a model would see at α. Clients that keep requests in flight (a closed
+    loop: each sends again when its answer arrives) run at in-flight / latency (Little's law),
+    so at a slower, more accurate level they ask for less than the rate seen now; without this
+    the rate a compressed level allows reads as demand at the wide level, which then never
+    fits and the level never recovers. Under one request in flight on average the traffic is
+    taken as paced, whose rate does not depend on the level."""
+    fb = p.feedback
+    n = fb.concurrency
+    if n is None or n < 1.0 or alpha <= p.state.alpha + 1e-9:
+        return fb.request_rate
+    return min(fb.request_rate, n / predicted_latency(r, p, alpha))
+
+
 def accuracy(profile: Profile, alpha: float) -> float:
     """The held-out accuracy at α; α itself when the profile has no accuracy figures (the
     paper's ordering: a larger α is a wider, more accurate model)."""
@@ -327,7 +341,7 @@ def latency_headroom(
     k, o = calibrate(r, plants, now, t)
 
     def demand(p: PlantView, a: float) -> float:
-        return p.feedback.request_rate * (o + k * p.profile.expected_latency(a))
+        return rate_at(r, p, a) * (o + k * p.profile.expected_latency(a))
 
     free = r.cpu_free_cores
     budget = math.inf if free is None else free * (1.0 - t.cpu_headroom)

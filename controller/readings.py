@@ -71,6 +71,7 @@ class ModelFeedback:
     forward_s: float | None = None  # median forward seconds a request waited for, current level
     request_rate: float = 0.0  # requests/s over the last few seconds
     queue_depth: int = 0
+    concurrency: float | None = None  # mean requests in flight (Little's law: Σ latency / window)
 
     def latency_quantile(self, q: float) -> float | None:
         if q >= 0.99:

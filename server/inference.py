@@ -207,14 +207,15 @@ class InferenceService:
         recent = [r for r in self._recent if now - r[0] <= FEEDBACK_WINDOW_S]
         depth = self.engine.depth if self.engine is not None else 0
         rate = len(recent) / FEEDBACK_WINDOW_S
+        in_flight = sum(r[2] for r in recent) / FEEDBACK_WINDOW_S
         here = [r for r in recent if r[1] == alpha]
         if not here:
-            return ModelFeedback(request_rate=rate, queue_depth=depth)
+            return ModelFeedback(request_rate=rate, queue_depth=depth, concurrency=in_flight)
         forward = statistics.median(r[3] for r in here)
         overhead = statistics.median(r[2] - r[3] for r in here)
         if len(here) < 5:
             return ModelFeedback(overhead_s=overhead, forward_s=forward, request_rate=rate,
-                                 queue_depth=depth)  # fmt: skip
+                                 queue_depth=depth, concurrency=in_flight)  # fmt: skip
         q = statistics.quantiles([r[2] for r in here], n=100, method="inclusive")
         return ModelFeedback(
             latency_p50_s=q[49],
@@ -224,4 +225,5 @@ class InferenceService:
             forward_s=forward,
             request_rate=rate,
             queue_depth=depth,
+            concurrency=in_flight,
         )

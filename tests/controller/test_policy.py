@@ -298,3 +298,21 @@ def test_decisions_carry_what_they_predict_for_get_level():
     assert d.demand_cores == pytest.approx(0.6)
     assert d.latency_s == pytest.approx(0.005 + fwd(3))
     assert d == type(d)(d.alpha, d.reason)  # not part of the decision's identity
+
+
+def test_a_closed_loop_is_not_read_as_demand_the_wide_level_cannot_fit():
+    # At level 1 (2 ms) one client sending back to back: 500 rps, one request in flight. At
+    # the top (7 ms) it would send 1 / 0.007 = 143 rps: 1.0 core, 1.25 with the up margin ≤
+    # the budget 1.6. Read as 500 rps it would be 3.5 cores and the level would stay at 1.
+    closed = ModelFeedback(request_rate=500.0, concurrency=1.0)
+    d = decide(busy(other=0.0), op=SHARE, fb=closed, alpha=level(1))
+    assert d.alpha == TOP and d.reason == "recovered"
+    assert d.demand_cores == pytest.approx(1.0 / 0.007 * fwd(6))
+
+
+def test_paced_traffic_keeps_its_rate_at_every_level():
+    # 200 rps paced, 0.4 in flight: the rate does not fall at a wider level. Level 6 costs
+    # 1.4 / 0.8 = 1.75 > 1.6; level 5 1.2 / 0.8 = 1.5 ≤ 1.6 → level 5.
+    paced = ModelFeedback(request_rate=200.0, concurrency=0.4)
+    d = decide(busy(other=0.0), op=SHARE, fb=paced, alpha=level(1))
+    assert d.alpha == pytest.approx(level(5)) and d.reason == "recovered"
