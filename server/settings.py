@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(10.0, gt=0)
     drain_timeout_s: float = Field(20.0, ge=0)
+    gc_freeze: bool = True  # `lcs serve` freezes start-up's objects out of the collector's reach
 
     # Input limits
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
