@@ -23,9 +23,12 @@ def test_startup_freezes_what_it_made(monkeypatch, freeze):
     app = create_app(settings)
     server = DrainingServer(uvicorn.Config(app), settings, app)
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     try:
         asyncio.run(server.startup())
         assert server.started
         assert (gc.get_freeze_count() > 0) is freeze
+        assert (gc.get_threshold() == (20_000, 50, 1000)) is freeze
     finally:
         gc.unfreeze()  # the test process keeps collecting as before
+        gc.set_threshold(*thresholds)
