@@ -160,6 +160,7 @@ def describe(
         "model": model.identity(),
         **level.describe(),
         "tier": model.service.tier(),
+        "precision": model.service.precision(),  # what serves now: int8 once admitted
         "tier2": None if tier2 is None else tier2.describe(),
         "policy": {
             **_fields(policy),
@@ -169,6 +170,7 @@ def describe(
         "last_change": {
             "alpha": change.alpha,
             "gamma": change.gamma,
+            "precision": change.precision,
             "reason": change.reason,
             "at": change.at,
         },
@@ -180,6 +182,7 @@ def describe(
         if decision is None
         else {
             "alpha": decision.alpha,
+            "precision": decision.precision,
             "reason": decision.reason,
             "demand_cores": decision.demand_cores,
             "latency_ms": _ms(decision.latency_s),
@@ -188,11 +191,13 @@ def describe(
             {
                 "alpha": p.alpha,
                 "gamma": p.gamma,
-                "latency_ms": 1e3 * p.latency_s,  # tier 1, measured at load
-                "tier2_latency_ms": _ms(tier2.latency(p.alpha) if tier2 else None),
+                "precision": p.precision,
+                # fp32: tier 1, measured at load; int8: tier 2's variant, when admitted
+                "latency_ms": 1e3 * p.latency_s,
+                "tier2_latency_ms": _ms(tier2.latency(p.alpha, p.precision) if tier2 else None),
                 "accuracy": p.accuracy,
             }
-            for p in model.profile
+            for p in (*model.service.profile.points, *model.service.profile.variants)
         ],
     }
 
