@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     # controller may then choose the (width, int8) point.
     tier2_int8: bool = True
     tier2_int8_min_agreement: float = Field(0.99, ge=0)
-    tier2_int8_format: Literal["qdq", "qoperator"] = "qdq"
+    tier2_int8_format: Literal["qdq", "qoperator"] = "qoperator"  # faster here (BENCHMARKS.md)
     tier2_int8_calibration: int = Field(256, ge=1)  # images that set the activation ranges
 
     # Proxies whose X-Forwarded-For is trusted (uvicorn's forwarded_allow_ips); none by default.

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -18,7 +18,7 @@ from models import Level, SubspaceNet
 from models.export import to_onnx
 from models.profile import median_seconds
 from server.exporter import Exporter, ExporterDied
-from server.int8 import Calibration, Gate
+from server.int8 import DISABLED_OPTIMIZERS, Calibration, Gate
 from server.metrics import Metrics
 
 log = logging.getLogger("lcs.server")
@@ -106,9 +106,13 @@ def export(net: SubspaceNet, level: Level, x: torch.Tensor) -> tuple[bytes, torc
     return to_onnx(net, level, x), reference
 
 
-def open_session(model: bytes, threads: int, spin: bool = False) -> ort.InferenceSession:
+def open_session(
+    model: bytes, threads: int, spin: bool = False, disabled: Sequence[str] = ()
+) -> ort.InferenceSession:
     options = session_options(threads, spin)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled)
+    )
 
 
 def verify(prepared: Prepared, x: torch.Tensor, reference: torch.Tensor, tolerance: float) -> None:
@@ -126,7 +130,7 @@ class Int8:
 
     calibration: Calibration | None  # None: the checkpoint names none and has no dataset
     min_agreement: float = 0.99
-    format: str = "qdq"
+    format: str = "qoperator"
 
 
 def int8_refusal(level: Level) -> str | None:
@@ -223,6 +227,8 @@ class Tier2:
         self.session_fn = partial(open_session, spin=spin)
         self.int8_fn: Callable[[SubspaceNet, Level, bytes, Calibration, str], tuple[bytes, Gate]]
         self.int8_fn = self.exporter.int8
+        self.int8_session_fn: Callable[[bytes, int], ort.InferenceSession]
+        self.int8_session_fn = partial(open_session, spin=spin, disabled=DISABLED_OPTIMIZERS)
 
     def serving(self, level: Level, precision: str = "fp32") -> Prepared | None:
         """The session for exactly `level`, if tier 2 holds it (called on the inference thread):
@@ -381,7 +387,7 @@ class Tier2:
             return
 
         def open_and_time() -> Prepared:
-            session = self.session_fn(q, self.threads)
+            session = self.int8_session_fn(q, self.threads)
             p = Prepared(
                 level.alpha, level.gamma, level.family, session, len(q), None, "int8", gate
             )
