@@ -631,10 +631,18 @@ def int8_section(d: dict[str, Any]) -> str:
                     "–" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}",
                     "–" if r.get("accuracy_loss_points") is None else r["accuracy_loss_points"],
                     "–" if "agreement" not in r else f"{100 * r['agreement']:.1f}",
+                    "–" if "agreement" not in r else ("yes" if r["agreement"] >= 0.99 else "no"),
                 ]
             )
-        full = {k: round(v, 1) for k, v in m["speedup_vs_full_fp32"].items()}
-        speed.append(f"{m['model']} {full}")
+        wall, cpu = m["speedup_vs_full_fp32"], m.get("speedup_vs_full_fp32_cpu", {})
+        speed.append(
+            f"{m['model']}: "
+            + ", ".join(
+                f"{k.removeprefix('narrow_')} {wall[k]:.1f}× wall"
+                + (f" / {cpu[k]:.1f}× CPU" if k in cpu else "")
+                for k in wall
+            )
+        )
         for fmt in ("fp32", "qdq", "qoperator"):
             pts = [r for r in m["rows"] if (r["format"] or "fp32") == fmt]
             ax.plot(
@@ -670,10 +678,12 @@ def int8_section(d: dict[str, Any]) -> str:
                 "accuracy %",
                 "loss (points)",
                 "agreement %",
+                "admitted",
             ],
             rows,
         )
-        + "\n\nFull-width fp32 / narrowest width, interleaved: "
+        + "\n\nFull-width fp32 / narrowest width per format, interleaved (wall time, and "
+        "thread CPU time, which preemption by other work does not inflate): "
         + "; ".join(speed)
         + ".\n\n![int8](benchmarks/results/plots/int8.png)\n"
     )

@@ -97,3 +97,37 @@ def test_a_floor_above_every_point_is_refused():
 
     with pytest.raises(HintError):
         hinted_point(PROFILE, OperatorPolicy(), 1.0, "int8", min_accuracy=0.97)
+
+
+def test_the_loop_moves_a_plant_to_the_chosen_point_and_reads_back_its_precision():
+    from controller.loop import Controller, Plant
+    from controller.policy import Decision
+
+    served = {"alpha": 1.0, "precision": "fp32"}
+    moves: list[tuple[float, str, str]] = []
+
+    def on_point(alpha: float, precision: str, reason: str) -> None:
+        moves.append((alpha, precision, reason))
+        served.update(alpha=alpha, precision=precision)
+
+    def policy(r, plants, now):
+        return {n: Decision(1.0, "cpu_share", "int8") for n in plants}
+
+    ctl = Controller(read=lambda: Readings(time=0), policy=policy, clock=lambda: 5.0)
+    ctl.add(
+        Plant(
+            "m",
+            lambda: PROFILE,  # a callable: the server's points join it while serving
+            lambda: served["alpha"],
+            lambda: SHARE,
+            lambda: FB,
+            lambda a, why: pytest.fail("on_point is used when given"),
+            current_precision=lambda: served["precision"],
+            on_point=on_point,
+        )
+    )
+    ctl.step()
+    assert moves == [(1.0, "int8", "cpu_share")]
+    assert ctl.states["m"].precision == "int8"  # read back: a change of point restarts dwell
+    ctl.step()
+    assert len(moves) == 1  # served already: not asked again
