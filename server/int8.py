@@ -10,18 +10,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from models import Level, SubspaceNet
 
-FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+# The quantizer (onnxruntime.quantization, onnx: 0.2 s to import) is imported where it runs,
+# in the export process: the serving process never needs it.
+FORMATS = ("qdq", "qoperator")
 # ORT graph rewrites an int8 session runs without. QDQPropagation moves each QuantizeLinear
 # ahead of the MaxPool that follows it, so the pool runs on ORT's scalar uint8 kernel instead
 # of its vectorized float one (measured, thread CPU time, ResNet18 shape at width 0.25: a
@@ -74,23 +68,30 @@ class Calibration:
         return x, None if y is None else np.asarray(y[: self.check])
 
 
-class _Reader(CalibrationDataReader):
-    """Calibration images (N, C, H, W) float32 in the network's input space, in batches."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self._batches: Iterator[np.ndarray] = iter(
-            np.array_split(images, max(1, -(-len(images) // CALIBRATION_BATCH)))
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {"x": np.ascontiguousarray(batch, dtype=np.float32)}
-
-
 def quantize(model: bytes, calibration: np.ndarray, fmt: str = "qdq") -> bytes:
     """`model` (fp32 ONNX bytes) with int8 weights (per output channel) and int8 activations
     whose ranges are the min/max seen on `calibration`. Runs for seconds on one core: the
     caller runs it in tier 2's export process, never on the serving process's threads."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        """The calibration images (N, C, H, W) in input space, in batches."""
+
+        def __init__(self) -> None:
+            n = max(1, -(-len(calibration) // CALIBRATION_BATCH))
+            self._batches: Iterator[np.ndarray] = iter(np.array_split(calibration, n))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {"x": np.ascontiguousarray(batch, np.float32)}
+
     with tempfile.TemporaryDirectory(prefix="lcs-int8-") as tmp:
         src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         src.write_bytes(model)
@@ -100,8 +101,8 @@ def quantize(model: bytes, calibration: np.ndarray, fmt: str = "qdq") -> bytes:
         quantize_static(
             str(pre),
             str(out),
-            _Reader(calibration),
-            quant_format=FORMATS[fmt],
+            Reader(),
+            quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[fmt],
             per_channel=True,
             activation_type=QuantType.QUInt8,  # u8 activations × s8 weights: the fast VNNI path
             weight_type=QuantType.QInt8,

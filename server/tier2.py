@@ -356,8 +356,8 @@ class Tier2:
         why = int8_refusal(level)
         if why is None and cfg.calibration is None:
             why = "no calibration images: the checkpoint names none and its dataset is unknown"
-        if why is not None:
-            self._refuse_int8(level, why)
+        if why is not None:  # not offered, rather than failed: no failure counted
+            self._refuse_int8(level, why, failed=False)
             return
         assert cfg.calibration is not None
         calibration = cfg.calibration
@@ -416,11 +416,15 @@ class Tier2:
         if self.on_int8 is not None and level.alpha in self.int8_cache:
             self.on_int8(prepared)
 
-    def _refuse_int8(self, level: Level, why: str) -> None:
+    def _refuse_int8(self, level: Level, why: str, failed: bool = True) -> None:
         """The fp32 width stays; the refusal is kept (the weights never change while serving)."""
         self.int8_refused[level.alpha] = why
+        extra = {"alpha": level.alpha, "reason": why}
+        if not failed:
+            log.info("tier 2 int8 not offered", extra=extra)
+            return
         self.metrics.tier2_failures.labels("int8").inc()
-        log.warning("tier 2 int8 refused, fp32 stays", extra={"alpha": level.alpha, "reason": why})
+        log.warning("tier 2 int8 refused, fp32 stays", extra=extra)
 
     def _store(self, prepared: Prepared) -> None:
         """Insert, then evict least recently used sessions until the budget holds: others first,

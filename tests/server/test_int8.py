@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 
+import httpx
 import numpy as np
 import torch
 
 from controller.policy import LevelPoint
 from models import LevelCompressor, checkpoint
 from models.data import load_dataset
+from server import daemon as serving
+from server.app import create_app
+from server.settings import Settings
 from tests.server.test_tier2 import PNGS, daemon, sample, until
 
 
@@ -27,9 +32,25 @@ async def post(client, hint: str = "") -> dict:
     return r.json()
 
 
+@asynccontextmanager
+async def with_daemon(**overrides):
+    """test_tier2's daemon, and the Daemon itself (its controller wiring)."""
+    base = {"controller_enabled": False, "torch_threads": 1, "tier2_settle_s": 0.05}
+    settings = Settings(**base | overrides)
+    app = create_app(settings)
+    d = await serving.start(settings, app.state.metrics)
+    app.state.daemon = d
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://lcs") as client:
+            yield d, d.registry.get(), client
+    finally:
+        await serving.stop(d)
+
+
 def test_an_admitted_int8_variant_agrees_with_tier1_is_profiled_and_serves_when_chosen():
     async def main() -> None:
-        async with daemon() as (rt, client):
+        async with with_daemon() as (d, rt, client):
             t2 = rt.tier2
             assert t2 is not None
             alpha = rt.level.current.alpha
@@ -59,8 +80,11 @@ def test_an_admitted_int8_variant_agrees_with_tier1_is_profiled_and_serves_when_
             assert (alpha, "int8") in rows
             assert level["tier2"]["int8"]["points"][0]["agreement"] == q.gate.agreement
 
-            # Chosen (as the controller's on_point does): the int8 session answers.
-            await rt.level.switch(alpha, "test", "int8")
+            # Chosen through the controller's wiring: the int8 session answers.
+            plant = d._plant(rt)
+            assert plant.points().variant(alpha, "int8") == point
+            plant.on_point(alpha, "int8", "test")
+            await until(lambda: plant.current_precision() == "int8")
             body = await post(client)
             assert (body["level"]["tier"], body["level"]["precision"]) == ("onnx", "int8")
             img = rt.service.preprocess(PNGS[0]).unsqueeze(0)  # what the daemon feeds it
