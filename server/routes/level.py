@@ -191,13 +191,22 @@ def describe(
             {
                 "alpha": p.alpha,
                 "gamma": p.gamma,
-                "precision": p.precision,
-                # fp32: tier 1, measured at load; int8: tier 2's variant, when admitted
-                "latency_ms": 1e3 * p.latency_s,
-                "tier2_latency_ms": _ms(tier2.latency(p.alpha, p.precision) if tier2 else None),
+                "latency_ms": 1e3 * p.latency_s,  # tier 1, measured at load
+                "tier2_latency_ms": _ms(tier2.latency(p.alpha) if tier2 else None),
                 "accuracy": p.accuracy,
             }
-            for p in (*model.service.profile.points, *model.service.profile.variants)
+            for p in model.profile
+        ],
+        # The (width, int8) points tier 2 admitted: its session's latency, held-out accuracy.
+        "profile_int8": [
+            {
+                "alpha": p.alpha,
+                "gamma": p.gamma,
+                "latency_ms": 1e3 * p.latency_s,
+                "accuracy": p.accuracy,
+            }
+            for p in model.service.profile.variants
+            if p.precision == "int8"
         ],
     }
 

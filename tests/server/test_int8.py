@@ -36,6 +36,7 @@ async def post(client, hint: str = "") -> dict:
 async def with_daemon(**overrides):
     """test_tier2's daemon, and the Daemon itself (its controller wiring)."""
     base = {"controller_enabled": False, "torch_threads": 1, "tier2_settle_s": 0.05}
+    base |= {"tier2_int8": True}
     settings = Settings(**base | overrides)
     app = create_app(settings)
     d = await serving.start(settings, app.state.metrics)
@@ -76,8 +77,8 @@ def test_an_admitted_int8_variant_agrees_with_tier1_is_profiled_and_serves_when_
             assert point.accuracy == q.gate.accuracy
             level = (await client.get("/level")).json()
             assert level["precision"] == "fp32"  # offered, not chosen yet
-            rows = {(p["alpha"], p["precision"]) for p in level["profile"]}
-            assert (alpha, "int8") in rows
+            assert [p["alpha"] for p in level["profile_int8"]] == [alpha]
+            assert len(level["profile"]) == len(rt.service.profile.points)  # fp32 rows only
             assert level["tier2"]["int8"]["points"][0]["agreement"] == q.gate.agreement
 
             # Chosen through the controller's wiring: the int8 session answers.
@@ -116,7 +117,7 @@ def test_an_admitted_int8_variant_agrees_with_tier1_is_profiled_and_serves_when_
 
 def test_a_variant_below_the_agreement_threshold_is_refused_and_fp32_stays():
     async def main() -> None:
-        async with daemon(tier2_int8_min_agreement=1.01) as (rt, client):
+        async with with_daemon(tier2_int8_min_agreement=1.01) as (_, rt, client):
             t2 = rt.tier2
             assert t2 is not None
             alpha = rt.level.current.alpha
