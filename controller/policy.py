@@ -150,6 +150,11 @@ class Profile:
         kept = [p for p in (*self.points, *self.variants) if (p.alpha, p.precision) not in keys]
         return Profile([*kept, *extra], self.measured)
 
+    def without(self, alpha: float, precision: str) -> Profile:
+        """This profile less the variant (α, precision): tier 2 no longer holds it."""
+        kept = [v for v in self.variants if (v.alpha, v.precision) != (alpha, precision)]
+        return Profile([*self.points, *kept], self.measured)
+
 
 @dataclass(frozen=True)
 class PolicyState:

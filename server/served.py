@@ -131,6 +131,7 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
         service.profile = Profile(model.profile, measured=None if tier2 is None else tier2.latency)
         if tier2 is not None:
             tier2.on_int8 = lambda p: _int8_point(model, p)
+            tier2.on_int8_gone = lambda alpha: _int8_gone(model, alpha)
         moved = await level.switch(initial_alpha(s, level), "startup")
     except BaseException:
         await model.close()
@@ -210,6 +211,11 @@ def _int8_point(model: ServedModel, p: Prepared) -> None:
     assert p.latency_s is not None and p.gate is not None
     point = LevelPoint(p.alpha, p.gamma, p.latency_s, p.gate.accuracy, "int8")
     model.service.profile = model.service.profile.with_points([point])
+
+
+def _int8_gone(model: ServedModel, alpha: float) -> None:
+    """An evicted variant leaves the profile: the controller cannot choose what is not held."""
+    model.service.profile = model.service.profile.without(alpha, "int8")
 
 
 def calibration(meta: Metadata, path: Path, s: Settings) -> Calibration | None:

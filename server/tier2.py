@@ -206,6 +206,7 @@ class Tier2:
         self.int8_cache: dict[float, Prepared] = {}
         self.int8_refused: dict[float, str] = {}  # α → why its int8 variant does not serve
         self.on_int8: Callable[[Prepared], None] | None = None  # a variant was admitted
+        self.on_int8_gone: Callable[[float], None] | None = None  # and evicted since
         # Export (tracing, the heavy part) runs in a child process at nice 10; this thread only
         # waits for it. The session opens on a thread of normal priority, since ORT's pool
         # threads inherit the nice value of their creator.
@@ -268,9 +269,11 @@ class Tier2:
         """A session raised on a request (which tier 1 then answers): stop using it."""
         if self.active is prepared:
             self.active = None
-        held = self.int8_cache if prepared.precision == "int8" else self.cache
         if self._loop is not None:  # the cache belongs to the event loop's thread
-            self._loop.call_soon_threadsafe(held.pop, prepared.alpha, None)
+            if prepared.precision == "int8":
+                self._loop.call_soon_threadsafe(self._drop_int8, prepared.alpha)
+            else:
+                self._loop.call_soon_threadsafe(self.cache.pop, prepared.alpha, None)
         self._fail("run", e)
 
     async def _settle_then_prepare(self, level: Level, generation: int) -> None:
@@ -402,7 +405,7 @@ class Tier2:
         if self.cache.get(level.alpha) is None:
             return  # its fp32 width was evicted meanwhile: the pair goes together
         self.int8_cache[level.alpha] = prepared
-        self._store(self.cache[level.alpha])  # the budget now counts the variant too
+        self._fit(level.alpha)
         log.info(
             "tier 2 int8 ready",
             extra={
@@ -437,16 +440,35 @@ class Tier2:
                 break
             if id(p) not in keep:
                 del self.cache[alpha]
-                self.int8_cache.pop(alpha, None)
+                self._drop_int8(alpha)
         if self.cached_bytes > self.budget_bytes and self.active is not None:
             loser = self.active if self._is_current(prepared) else prepared
             self.cache.pop(loser.alpha, None)
-            self.int8_cache.pop(loser.alpha, None)
+            self._drop_int8(loser.alpha)
             if loser is self.active:
                 self.active = None
         if self.cached_bytes > self.budget_bytes:  # the pair alone is over: drop the variant
-            self.int8_cache.pop(prepared.alpha, None)
+            self._drop_int8(prepared.alpha)
         self.metrics.tier2_cache_bytes.set(self.cached_bytes)
+
+    def _fit(self, alpha: float) -> None:
+        """After α's int8 variant joined: evict least recently used other widths (never the
+        active one) until the budget holds; if α's pair alone is over it, drop the variant."""
+        keep = {alpha, None if self.active is None else self.active.alpha}
+        for a in list(self.cache):
+            if self.cached_bytes <= self.budget_bytes:
+                break
+            if a not in keep:
+                del self.cache[a]
+                self._drop_int8(a)
+        if self.cached_bytes > self.budget_bytes:
+            self._drop_int8(alpha)
+        self.metrics.tier2_cache_bytes.set(self.cached_bytes)
+
+    def _drop_int8(self, alpha: float) -> None:
+        """α's int8 variant is no longer held: it leaves the profile too (on the event loop)."""
+        if self.int8_cache.pop(alpha, None) is not None and self.on_int8_gone is not None:
+            self.on_int8_gone(alpha)
 
     def latency(self, alpha: float, precision: str = "fp32") -> float | None:
         """How fast α is served now, if tier 2 holds it: a switch to it is a cache hit."""

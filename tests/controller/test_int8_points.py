@@ -42,6 +42,7 @@ def test_the_profile_keeps_variants_apart_from_the_fp32_levels():
     # a variant joining later replaces one of the same point
     again = PROFILE.with_points([LevelPoint(1.0, 1.0, 0.003, 0.95, "int8")])
     assert [v.latency_s for v in again.variants] == [0.003]
+    assert again.without(1.0, "int8").variants == () and len(again.points) == 7
 
 
 def test_share_takes_the_int8_point_when_the_free_cpu_forces_a_cut():

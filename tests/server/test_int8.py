@@ -112,6 +112,12 @@ def test_an_admitted_int8_variant_agrees_with_tier1_is_profiled_and_serves_when_
             assert (await post(client))["level"]["precision"] == "fp32"
             assert sample(rt, "lcs_int8") == 0.0
 
+            # Over the cache budget with the pair: the variant goes, and leaves the profile.
+            t2.budget_bytes = t2.cache[alpha].nbytes
+            t2._fit(alpha)
+            assert alpha not in t2.int8_cache and alpha in t2.cache
+            assert rt.service.profile.variants == ()
+
     asyncio.run(main())
 
 
