@@ -23,7 +23,6 @@ FORMATS = ("qdq", "qoperator")
 # Transposes per convolution and gained nothing (2.18 → 2.11 ms; full width 12.8 → 12.5 ms).
 DISABLED_OPTIMIZERS = ("QDQPropagationTransformer", "NhwcTransformer")
 CALIBRATION_BATCH = 16
-PRECISIONS = ("fp32", "int8")  # what a tier-2 session of a width computes in
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,9 +30,10 @@ class Calibration:
     """Where a model's calibration images come from (picklable: loaded in the export process).
 
     `dataset` (and `root`): the held-out split of a dataset models/data.py loads, with its
-    labels; or `images` (N, C, H, W) float32 already in input space (a checkpoint that names
-    its own, tests, benchmarks). The first `calibrate` images set the activation ranges; the
-    gate's agreement and accuracy are measured on the whole split (at most `check`)."""
+    labels ("folder": every image of the folder a checkpoint names); or `images` (N, C, H, W)
+    float32 already in input space (tests, benchmarks). The first `calibrate` images set the
+    activation ranges; the gate's agreement and accuracy are measured on the whole split (at
+    most `check` images), those included."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]

@@ -179,6 +179,8 @@ class Tier2:
 
     `active` is the one session requests may use; the inference thread runs it only if it
     matches the Level it captured, so a response always reports the level it ran at.
+    With `int8`, a width's fp32 session is followed by its int8 variant (quantized in the
+    export process, admitted by its Gate), served when the level's precision asks for it.
     """
 
     def __init__(
