@@ -132,3 +132,18 @@ def test_the_loop_moves_a_plant_to_the_chosen_point_and_reads_back_its_precision
     assert ctl.states["m"].precision == "int8"  # read back: a change of point restarts dwell
     ctl.step()
     assert len(moves) == 1  # served already: not asked again
+
+
+def test_a_latency_ceiling_the_int8_point_meets_keeps_it():
+    def predict(alpha: float) -> float:  # 1 ms of overhead over each fp32 forward pass
+        return 0.001 + PROFILE.expected_latency(alpha)
+
+    op = OperatorPolicy()
+    # int8 at the top: 1 + 2 ms; fp32 at the top 8 ms: a 4 ms ceiling keeps int8
+    assert hinted_point(PROFILE, op, 1.0, "int8", max_latency_s=0.004, predict=predict) == (
+        1.0,
+        "int8",
+    )
+    # a 2.5 ms ceiling: only fp32 at α = 0 (1 + 1 ms) meets it
+    got = hinted_point(PROFILE, op, 1.0, "int8", max_latency_s=0.0025, predict=predict)
+    assert got == (0.0, "fp32")
