@@ -692,6 +692,81 @@ def tier2_section(d: dict[str, Any]) -> str:
     )
 
 
+def int8_section(d: dict[str, Any]) -> str:
+    """The int8 ladder: latency, accuracy and MACs per (width, precision) point."""
+    rows, speed = [], []
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    for m in d["models"]:
+        for r in m["rows"]:
+            rows.append(
+                [
+                    m["model"],
+                    r["gamma"],
+                    r["format"] or "fp32",
+                    r["mmacs"],
+                    r["latency_ms"],
+                    r["fp32_per_this"],
+                    "–" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}",
+                    "–" if r.get("accuracy_loss_points") is None else r["accuracy_loss_points"],
+                    "–" if "agreement" not in r else f"{100 * r['agreement']:.1f}",
+                    "–" if "agreement" not in r else ("yes" if r["agreement"] >= 0.99 else "no"),
+                ]
+            )
+        wall, cpu = m["speedup_vs_full_fp32"], m.get("speedup_vs_full_fp32_cpu", {})
+        speed.append(
+            f"{m['model']}: "
+            + ", ".join(
+                f"{k.removeprefix('narrow_')} {wall[k]:.1f}× wall"
+                + (f" / {cpu[k]:.1f}× CPU" if k in cpu else "")
+                for k in wall
+            )
+        )
+        for fmt in ("fp32", "qdq", "qoperator"):
+            pts = [r for r in m["rows"] if (r["format"] or "fp32") == fmt]
+            ax.plot(
+                [r["mmacs"] for r in pts],
+                [r["latency_ms"] for r in pts],
+                marker="o" if fmt == "fp32" else "x",
+                label=f"{m['model']} {fmt}",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("MMACs (width)")
+    ax.set_ylabel("tier-2 latency, batch 1 (ms)")
+    ax.legend(fontsize=6, ncol=3)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "int8.png")
+    plt.close(fig)
+    loaded = " Measured on a loaded machine: ratios within one run only." if d.get("loaded") else ""
+    return (
+        "## int8 on top of width\n\n`python -m benchmarks.int8`: tier 2's session of each "
+        "width in fp32 and statically quantized to int8 (ONNX Runtime, per-channel weights, "
+        "QDQ and QOperator formats), batch 1, one thread, timed interleaved. Accuracy on the "
+        "held-out split; agreement = top-1 agreement with tier 1 (the daemon admits a variant "
+        "at ≥ 99 %). ResNet18: random weights at 224×224, calibrated on random images (its "
+        f"accuracy is meaningless; its latency is the point).{loaded}\n\n"
+        + table(
+            [
+                "model",
+                "γ",
+                "precision",
+                "MMACs",
+                "latency ms",
+                "fp32 / this",
+                "accuracy %",
+                "loss (points)",
+                "agreement %",
+                "admitted",
+            ],
+            rows,
+        )
+        + "\n\nFull-width fp32 / narrowest width per format, interleaved (wall time, and "
+        "thread CPU time, which preemption by other work does not inflate): "
+        + "; ".join(speed)
+        + ".\n\n![int8](benchmarks/results/plots/int8.png)\n"
+    )
+
+
 def main() -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
     parts = [
@@ -710,6 +785,7 @@ def main() -> None:
         ("peers", peers_section),
         ("memory", memory_section),
         ("tier2", tier2_section),
+        ("int8", int8_section),
         ("controller_overhead", overhead_section),
         ("models", models_section),
         ("protocols", protocols_section),

@@ -71,3 +71,43 @@ def hinted_level(
             )
         return fastest  # best effort
     return alpha
+
+
+def hinted_point(
+    profile: Profile,
+    op: OperatorPolicy,
+    current: float,
+    precision: str = "fp32",
+    *,
+    min_accuracy: float | None = None,
+    max_latency_s: float | None = None,
+    predict: Callable[[float], float | None] | None = None,
+) -> tuple[float, str]:
+    """`hinted_level` when the current point may be a variant (int8) of the current level:
+    (α, precision) to serve one request at. The current point stays only if it meets the
+    hints itself (its own recorded accuracy against the floor, its own latency against the
+    ceiling); otherwise the request goes to the fp32 point `hinted_level` picks, which may
+    be the current level's own fp32 point. Hints never choose a variant of another level."""
+    alpha = hinted_level(
+        profile,
+        op,
+        current,
+        min_accuracy=min_accuracy,
+        max_latency_s=max_latency_s,
+        predict=predict,
+    )
+    if precision == "fp32":
+        return alpha, "fp32"
+    here = profile.variant(current, precision)
+    if here is None:  # the variant is not (or no longer) profiled: what serves is fp32
+        return alpha, "fp32"
+    if min_accuracy is not None and (here.accuracy is None or here.accuracy < min_accuracy - _EPS):
+        return alpha, "fp32"
+    if max_latency_s is not None and predict is not None:
+        seen = predict(current)
+        overhead = 0.0 if seen is None else max(0.0, seen - profile.expected_latency(current))
+        if overhead + profile.latency(here) <= max_latency_s:
+            return current, precision  # a variant meeting the ceiling is faster than its fp32
+    if abs(alpha - current) < _EPS:
+        return current, precision
+    return alpha, "fp32"

@@ -31,11 +31,18 @@ class Plant:
     """One model the controller steers. Every callable is read each step, on the event loop."""
 
     name: str
-    profile: Profile
+    profile: Profile | Callable[[], Profile]  # a callable: points join it while serving
     current_alpha: Callable[[], float]  # the level the server ACTUALLY serves: the truth
     operator: Callable[[], OperatorPolicy]  # the operator's policy for this model
     feedback: Callable[[], ModelFeedback]
     on_level: Callable[[float, str], None]  # called on the event loop; must not block
+    # Precision as part of a point: what the server serves the level in, and how to move to
+    # a point (α, precision, reason); without `on_point` only α is steered.
+    current_precision: Callable[[], str] = lambda: "fp32"
+    on_point: Callable[[float, str, str], None] | None = None
+
+    def points(self) -> Profile:
+        return self.profile() if callable(self.profile) else self.profile
 
 
 class Controller:
@@ -70,7 +77,7 @@ class Controller:
         self.plant_errors: dict[str, int] = {}  # per plant: steps its callables raised in
         self._plants: dict[str, Plant] = {}
         self._states: dict[str, PolicyState] = {}  # last served α seen, and when it moved
-        self._asked: dict[str, tuple[float, float]] = {}  # pending request: α, when asked
+        self._asked: dict[str, tuple[float, float, str]] = {}  # pending: α, when, precision
         self._views: dict[str, PlantView] = {}  # what the policy saw last step
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -110,22 +117,35 @@ class Controller:
         views: dict[str, PlantView] = {}
         for name, p in plants.items():
             try:
-                state = self._observe(name, p.current_alpha(), now)
-                views[name] = PlantView(p.operator(), p.profile, p.feedback(), state)
+                state = self._observe(name, p.current_alpha(), now, p.current_precision())
+                views[name] = PlantView(p.operator(), p.points(), p.feedback(), state)
             except Exception:  # one model's trouble (being unloaded?) must not stop the rest
                 self._plant_failed(name)
         self._views = views
         decisions = self.policy(readings, views, now)
         for name, d in decisions.items():
             plant = plants.get(name)
-            if plant is None or abs(d.alpha - self._states[name].alpha) <= _EPS:
+            if plant is None:
+                continue
+            state = self._states[name]
+            precision = d.precision if plant.on_point is not None else state.precision
+            if abs(d.alpha - state.alpha) <= _EPS and precision == state.precision:
                 continue
             asked = self._asked.get(name)
-            if asked is None or abs(asked[0] - d.alpha) > _EPS or now - asked[1] >= self.resend_s:
-                self._asked[name] = (d.alpha, now)
+            if (
+                asked is None
+                or abs(asked[0] - d.alpha) > _EPS
+                or asked[2] != precision
+                or now - asked[1] >= self.resend_s
+            ):
+                self._asked[name] = (d.alpha, now, precision)
                 try:
-                    plant.on_level(d.alpha, d.reason)
-                    self._observe(name, plant.current_alpha(), now)  # switched at once?
+                    if plant.on_point is not None:
+                        plant.on_point(d.alpha, precision, d.reason)
+                    else:
+                        plant.on_level(d.alpha, d.reason)
+                    # switched at once?
+                    self._observe(name, plant.current_alpha(), now, plant.current_precision())
                 except Exception:
                     self._plant_failed(name)
         self.latest_readings, self.latest_decisions = readings, decisions
@@ -147,11 +167,11 @@ class Controller:
         if self.on_crash is not None:
             self.on_crash()
 
-    def _observe(self, name: str, alpha: float, now: float) -> PolicyState:
-        """The served α is the truth; the dwell clock restarts only when it really moved."""
+    def _observe(self, name: str, alpha: float, now: float, precision: str = "fp32") -> PolicyState:
+        """The served point is the truth; the dwell clock restarts only when it really moved."""
         state = self._states.get(name)
-        if state is None or abs(state.alpha - alpha) > _EPS:
-            state = PolicyState(alpha, now)
+        if state is None or abs(state.alpha - alpha) > _EPS or state.precision != precision:
+            state = PolicyState(alpha, now, precision)
             self._states[name] = state
             self._asked.pop(name, None)  # it moved: whatever was pending is settled
         return state

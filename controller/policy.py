@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from controller.allocate import Option, allocate
+from controller.allocate import Option, allocate_points
 from controller.readings import ModelFeedback, Readings
 
 
@@ -46,12 +46,24 @@ MODES = ("auto", "fixed")
 OBJECTIVES = ("share", "latency")
 
 
+PRECISIONS = ("int8", "fp32")  # least to most accurate at one width
+
+
 @dataclass(frozen=True)
 class LevelPoint:
+    """A point the server can serve: a level α at a precision ("fp32", or "int8" when the
+    server's tier 2 holds a variant of that width its gate admitted)."""
+
     alpha: float
     gamma: float
     latency_s: float  # one forward pass at batch 1 on this machine
     accuracy: float | None = None
+    precision: str = "fp32"
+
+
+def rank(alpha: float, precision: str = "fp32") -> tuple[float, int]:
+    """Points ordered from most compressed to most accurate: by α, then precision."""
+    return (alpha, PRECISIONS.index(precision))
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,9 @@ class Profile:
     one: a level the server now runs on a faster path (an ONNX Runtime session, when cached)
     is predicted at that speed, not at the speed it was profiled."""
 
-    points: tuple[LevelPoint, ...]
+    points: tuple[LevelPoint, ...]  # fp32: the levels every α-based rule works over
     measured: Callable[[float], float | None] | None = None
+    variants: tuple[LevelPoint, ...] = ()  # the other precisions, at some of those widths
     _alphas: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
     has_accuracy: bool = field(default=False, init=False, repr=False, compare=False)
 
@@ -70,18 +83,28 @@ class Profile:
         points: Sequence[LevelPoint],
         measured: Callable[[float], float | None] | None = None,
     ) -> None:
-        if not points:
-            raise ValueError("a profile needs at least one level")
-        pts = tuple(sorted(points, key=lambda p: p.alpha))
+        fp32 = [p for p in points if p.precision == "fp32"]
+        if not fp32:
+            raise ValueError("a profile needs at least one fp32 level")
+        pts = tuple(sorted(fp32, key=lambda p: p.alpha))
+        others = sorted((p for p in points if p.precision != "fp32"), key=lambda p: p.alpha)
         object.__setattr__(self, "points", pts)
+        object.__setattr__(self, "variants", tuple(others))
         object.__setattr__(self, "measured", measured)
         # the controller's step reads these a few hundred times: computed once
         object.__setattr__(self, "_alphas", tuple(p.alpha for p in pts))
         object.__setattr__(self, "has_accuracy", all(p.accuracy is not None for p in pts))
 
     def latency(self, p: LevelPoint) -> float:
+        if p.precision != "fp32":  # measured by tier 2 when it admitted the variant
+            return p.latency_s
         now = None if self.measured is None else self.measured(p.alpha)
         return p.latency_s if now is None else now
+
+    def point_latency(self, alpha: float, precision: str = "fp32") -> float:
+        """Forward latency at the point (α, precision); fp32 when no such variant is held."""
+        v = None if precision == "fp32" else self.variant(alpha, precision)
+        return self.expected_latency(alpha) if v is None else self.latency(v)
 
     @property
     def alphas(self) -> list[float]:
@@ -110,17 +133,41 @@ class Profile:
     def nearest(self, alpha: float) -> float:
         return self.point(alpha).alpha
 
+    def variant(self, alpha: float, precision: str) -> LevelPoint | None:
+        """The point at exactly α in `precision` (the fp32 one: the profiled level at α)."""
+        if precision == "fp32":
+            p = self.point(alpha)
+            return p if abs(p.alpha - alpha) <= 1e-9 else None
+        return next(
+            (v for v in self.variants if v.precision == precision and abs(v.alpha - alpha) <= 1e-9),
+            None,
+        )
+
+    def with_points(self, extra: Sequence[LevelPoint]) -> Profile:
+        """This profile with `extra` points added (a point of the same α and precision is
+        replaced): how tier 2's admitted int8 variants join it at run time."""
+        keys = {(p.alpha, p.precision) for p in extra}
+        kept = [p for p in (*self.points, *self.variants) if (p.alpha, p.precision) not in keys]
+        return Profile([*kept, *extra], self.measured)
+
+    def without(self, alpha: float, precision: str) -> Profile:
+        """This profile less the variant (α, precision): tier 2 no longer holds it."""
+        kept = [v for v in self.variants if (v.alpha, v.precision) != (alpha, precision)]
+        return Profile([*self.points, *kept], self.measured)
+
 
 @dataclass(frozen=True)
 class PolicyState:
     alpha: float  # the level the server serves now (read from it every step)
     changed_at: float  # monotonic seconds when it last really moved
+    precision: str = "fp32"  # and the precision it serves that level in
 
 
 @dataclass(frozen=True)
 class Decision:
     alpha: float
     reason: str
+    precision: str = "fp32"
     # What the default policy predicts at α, for GET /level (not part of the decision's identity)
     demand_cores: float | None = field(default=None, compare=False)  # this model's CPU
     latency_s: float | None = field(default=None, compare=False)  # its request latency
@@ -224,11 +271,16 @@ def slowdown(r: Readings, p: PlantView) -> float:
     when the server has a figure, else from CPU pressure."""
     fb = p.feedback
     if fb.forward_s is not None and fb.forward_s > 0:
-        return max(1.0, fb.forward_s / p.profile.expected_latency(p.state.alpha))
+        return max(1.0, fb.forward_s / served_latency(p))
     return cpu_slowdown(r)
 
 
-def predicted_latency(r: Readings, p: PlantView, alpha: float) -> float:
+def served_latency(p: PlantView) -> float:
+    """The profiled forward latency of the point served now."""
+    return p.profile.point_latency(p.state.alpha, p.state.precision)
+
+
+def predicted_latency(r: Readings, p: PlantView, alpha: float, precision: str = "fp32") -> float:
     """Request latency at α: the non-forward part (HTTP, decode, queue), which compression
     cannot shrink, plus the forward pass at α (profiled, or as its tier runs now) times the
     contention slowdown. With an observed quantile, the non-forward part is whatever that
@@ -238,8 +290,8 @@ def predicted_latency(r: Readings, p: PlantView, alpha: float) -> float:
     overhead = fb.overhead_s or 0.0
     observed = fb.latency_quantile(p.operator.latency_quantile)
     if observed is not None:
-        overhead = max(overhead, observed - profile.expected_latency(p.state.alpha) * slow)
-    return overhead + profile.expected_latency(alpha) * slow
+        overhead = max(overhead, observed - served_latency(p) * slow)
+    return overhead + profile.point_latency(alpha, precision) * slow
 
 
 def candidates(r: Readings, p: PlantView, t: Tuning) -> tuple[list[float], str | None, bool]:
@@ -289,7 +341,7 @@ def calibrate(
     if own is None or not busy or any(now - p.state.changed_at < t.settle_s for p in busy):
         return 1.0, 0.0
     rate = sum(p.feedback.request_rate for p in busy)
-    fwd = sum(p.feedback.request_rate * p.profile.expected_latency(p.state.alpha) for p in busy)
+    fwd = sum(p.feedback.request_rate * served_latency(p) for p in busy)
     if fwd <= 0:
         return 1.0, own / rate
     extra = own - fwd
@@ -335,18 +387,19 @@ def latency_headroom(
     `latency`: each model at the most accurate level predicted to meet its latency target.
     `share`: the same candidates, then one CPU budget, what other work leaves free of the
     daemon's CPUs (less `cpu_headroom`), shared among the models by a knapsack that
-    maximises Σ priority × request rate × accuracy(α). Fixed, out-of-bounds and
+    maximises Σ priority × request rate × accuracy over points (α, and its int8 variant
+    where tier 2 admitted one). Fixed, out-of-bounds and
     latency-objective models are settled first and their demand comes off the budget. A
     move toward accuracy must fit with `cpu_up_margin` to spare; dwell keeps it steady."""
     k, o = calibrate(r, plants, now, t)
 
-    def demand(p: PlantView, a: float) -> float:
-        return rate_at(r, p, a) * (o + k * p.profile.expected_latency(a))
+    def demand(p: PlantView, a: float, precision: str = "fp32") -> float:
+        return rate_at(r, p, a) * (o + k * p.profile.point_latency(a, precision))
 
     free = r.cpu_free_cores
     budget = math.inf if free is None else free * (1.0 - t.cpu_headroom)
     out: dict[str, Decision] = {}
-    chosen: dict[str, tuple[float, str | None, bool]] = {}
+    chosen: dict[str, tuple[float, str | None, bool, str]] = {}  # α, why, unreachable, precision
     shared: dict[str, tuple[list[float], str | None, bool]] = {}
     for name, p in plants.items():
         settled = _operator_decision(p)
@@ -358,36 +411,58 @@ def latency_headroom(
         if p.operator.objective == "share":
             shared[name] = (levels, why, unreachable)
         else:
-            chosen[name] = (levels[-1], why, unreachable)
+            chosen[name] = (levels[-1], why, unreachable, "fp32")
             budget -= demand(p, levels[-1])
     if shared:
+
+        def option(p: PlantView, pt: LevelPoint) -> Option:
+            up = rank(pt.alpha, pt.precision) > rank(p.state.alpha, p.state.precision)
+            value = accuracy(p.profile, pt.alpha)
+            if pt.precision != "fp32" and pt.accuracy is not None:
+                # never above its own width: an excess is the noise of a finite split
+                value = min(value, pt.accuracy)
+            return Option(
+                pt.alpha,
+                demand(p, pt.alpha, pt.precision) / (t.cpu_up_margin if up else 1.0),
+                p.operator.priority * p.feedback.request_rate * value,
+                pt.precision,
+            )
+
         options = {
-            name: [
-                Option(
-                    a,
-                    demand(plants[name], a)
-                    / (t.cpu_up_margin if a > plants[name].state.alpha + 1e-9 else 1.0),
-                    plants[name].operator.priority
-                    * plants[name].feedback.request_rate
-                    * accuracy(plants[name].profile, a),
-                )
-                for a in levels
-            ]
+            name: [option(plants[name], pt) for pt in points(plants[name].profile, levels)]
             for name, (levels, _, _) in shared.items()
         }
-        alloc = allocate(options, max(0.0, budget))
+        alloc = allocate_points(options, max(0.0, budget))
         for name, (levels, why, unreachable) in shared.items():
-            a = alloc[name]
-            chosen[name] = (a, "cpu_share" if a < levels[-1] - 1e-9 else why, unreachable)
-    for name, (a, why, unreachable) in chosen.items():
-        out[name] = _settle(plants[name].state, a, why, unreachable, now, t)
+            pick = alloc[name]
+            below = rank(pick.alpha, pick.precision) < rank(levels[-1])
+            chosen[name] = (pick.alpha, "cpu_share" if below else why, unreachable, pick.precision)
+    for name, (a, why, unreachable, precision) in chosen.items():
+        out[name] = _settle(plants[name].state, a, why, unreachable, now, t, precision)
     return {name: _predicted(out[name], r, p, demand) for name, p in plants.items()}
 
 
+def points(profile: Profile, levels: Sequence[float]) -> list[LevelPoint]:
+    """The points the share objective chooses among at the candidate levels: each fp32 level
+    and its int8 variant, when tier 2 admitted one and its held-out accuracy is recorded (the
+    knapsack weighs accuracy; a variant of unknown accuracy is never chosen blind)."""
+    out = []
+    for a in levels:
+        out.append(profile.point(a))
+        v = profile.variant(a, "int8")
+        if v is not None and v.accuracy is not None and profile.has_accuracy:
+            out.append(v)
+    return out
+
+
 def _predicted(
-    d: Decision, r: Readings, p: PlantView, demand: Callable[[PlantView, float], float]
+    d: Decision, r: Readings, p: PlantView, demand: Callable[[PlantView, float, str], float]
 ) -> Decision:
-    return replace(d, demand_cores=demand(p, d.alpha), latency_s=predicted_latency(r, p, d.alpha))
+    return replace(
+        d,
+        demand_cores=demand(p, d.alpha, d.precision),
+        latency_s=predicted_latency(r, p, d.alpha, d.precision),
+    )
 
 
 def _operator_decision(p: PlantView) -> Decision | None:
@@ -403,18 +478,28 @@ def _operator_decision(p: PlantView) -> Decision | None:
 
 
 def _settle(
-    state: PolicyState, alpha: float, why: str | None, unreachable: bool, now: float, t: Tuning
+    state: PolicyState,
+    alpha: float,
+    why: str | None,
+    unreachable: bool,
+    now: float,
+    t: Tuning,
+    precision: str = "fp32",
 ) -> Decision:
     """Dwell: no move toward accuracy within `dwell_up_s` of the last change, none toward
-    compression within `dwell_down_s`."""
-    current, since = state.alpha, now - state.changed_at
-    if alpha > current + 1e-9:
-        return Decision(alpha, "recovered") if since >= t.dwell_up_s else Decision(current, "hold")
-    if alpha < current - 1e-9:
+    compression within `dwell_down_s` (a change of precision at one width is a move too)."""
+    since = now - state.changed_at
+    hold = Decision(state.alpha, "hold", state.precision)
+    to, at = rank(alpha, precision), rank(state.alpha, state.precision)
+    if abs(alpha - state.alpha) <= 1e-9:
+        to = (at[0], to[1])  # the same width, whatever float noise
+    if to > at:
+        return Decision(alpha, "recovered", precision) if since >= t.dwell_up_s else hold
+    if to < at:
         if since < t.dwell_down_s:
-            return Decision(current, "hold")
-        return Decision(alpha, why or "cpu_share")
-    return Decision(current, "target_unreachable" if unreachable else "hold")
+            return hold
+        return Decision(alpha, why or "cpu_share", precision)
+    return replace(hold, reason="target_unreachable" if unreachable else "hold")
 
 
 @register("static")

@@ -76,18 +76,25 @@ class Daemon:
     def _plant(self, model: ServedModel) -> Plant:
         return Plant(
             name=model.name,
-            profile=model.service.profile,
+            profile=lambda: model.service.profile,  # int8 points join it while serving
             current_alpha=lambda: model.level.current.alpha,
             operator=lambda: model.level.policy,
             feedback=model.service.feedback,
             on_level=lambda alpha, reason: self._on_level(model, alpha, reason),
+            current_precision=model.service.precision,
+            on_point=lambda alpha, precision, reason: self._on_level(
+                model, alpha, reason, precision
+            ),
         )
 
-    def _on_level(self, model: ServedModel, alpha: float, reason: str) -> None:
+    def _on_level(
+        self, model: ServedModel, alpha: float, reason: str, precision: str | None = None
+    ) -> None:
         """Called by the controller on the event loop; the switch itself runs off the loop."""
         if model.level.policy.mode == "fixed":
             return
-        task = asyncio.get_running_loop().create_task(model.level.switch(alpha, reason))
+        switch = model.level.switch(alpha, reason, precision)
+        task = asyncio.get_running_loop().create_task(switch)
         self._tasks.add(task)  # keep a reference until done
         task.add_done_callback(self._tasks.discard)
 

@@ -24,6 +24,7 @@ class Result:
     forward_s: float
     batch_size: int
     decode_s: float = 0.0  # set by the inference service for images it decoded
+    precision: str = "fp32"  # what the forward pass computed in: "int8" on tier 2's variant
 
 
 @dataclass
@@ -40,8 +41,9 @@ def _expire(future: asyncio.Future[Result]) -> None:
         future.set_exception(DeadlineExceeded("no result within the request's deadline"))
 
 
-# (batch, the level asked for or None for the current one) -> (probs, level run, tier)
-Forward = Callable[[torch.Tensor, Level | None], tuple[torch.Tensor, Level, str]]
+# (batch, the level asked for or None for the current one) -> (probs, level run, tier) or
+# (probs, level run, tier, precision)
+Forward = Callable[[torch.Tensor, Level | None], tuple[torch.Tensor, Level, str, *tuple[str, ...]]]
 Observer = Callable[[int, float, str], None]  # (batch size, forward seconds, tier)
 
 
@@ -123,7 +125,7 @@ class Engine:
 
     async def _run_group(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         try:
-            rows, level, tier, start, seconds = await loop.run_in_executor(
+            rows, level, tier, precision, start, seconds = await loop.run_in_executor(
                 self._executor, self._run_batch, [i.x for i in batch], batch[0].level
             )
         except Exception as e:
@@ -134,24 +136,26 @@ class Engine:
         for row, i in zip(rows, batch, strict=True):
             if not i.future.done():
                 i.future.set_result(
-                    Result(row, level, tier, start - i.enqueued, seconds, len(batch))
+                    Result(
+                        row, level, tier, start - i.enqueued, seconds, len(batch), 0.0, precision
+                    )
                 )
         tracing.batch_done(batch, level, tier, start, seconds)
 
     def _run_batch(
         self, xs: list[torch.Tensor], level: Level | None
-    ) -> tuple[tuple[torch.Tensor, ...], Level, str, float, float]:
+    ) -> tuple[tuple[torch.Tensor, ...], Level, str, str, float, float]:
         """On the inference thread: everything a batch costs besides resolving its futures, so
         the event loop (what limits throughput under concurrency) does the least per batch.
         Measured: a faster forward pass (tier 2) forms smaller batches, and per-batch work
         left on the loop then cost more than the forward pass saved."""
         x = torch.stack(xs)  # (B, C, H, W)
         start = time.perf_counter()
-        probs, ran, tier = self._forward(x, level)
+        probs, ran, tier, *precision = self._forward(x, level)
         seconds = time.perf_counter() - start
         if self._on_batch:
             self._on_batch(len(xs), seconds, tier)
-        return probs.unbind(0), ran, tier, start, seconds
+        return probs.unbind(0), ran, tier, precision[0] if precision else "fp32", start, seconds
 
     async def _collect(self) -> list[_Item]:
         batch = [await self._queue.get()]

@@ -8,11 +8,15 @@ import os
 import signal
 import threading
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 import torch
 
 from models import Level, SubspaceNet
 from models.export import to_onnx
+
+if TYPE_CHECKING:
+    from server.int8 import Calibration, Gate
 
 
 class ExporterDied(Exception):
@@ -20,9 +24,10 @@ class ExporterDied(Exception):
 
 
 def _serve(conn: Connection) -> None:
-    """The child: answer ("export", key, net | None, level, example) with ONNX bytes (or the
-    exception), drop a network on ("forget", key), until EOF. A network is sent once per key
-    and kept here, so one child serves every model of the daemon."""
+    """The child: answer ("export", key, net | None, level, example) with ONNX bytes and
+    ("int8", key, net | None, level, fp32 bytes, calibration, format) with the int8 bytes and
+    their Gate (or the exception), drop a network on ("forget", key), until EOF. A network is
+    sent once per key and kept here, so one child serves every model of the daemon."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the parent's to handle
     os.nice(10)  # the whole process yields the cores to serving
     torch.set_num_threads(1)
@@ -35,11 +40,16 @@ def _serve(conn: Connection) -> None:
         if msg[0] == "forget":
             nets.pop(msg[1], None)
             continue
-        _, key, net, level, example = msg
+        kind, key, net, level, *args = msg
         if net is not None:
             nets[key] = net
         try:
-            conn.send(to_onnx(nets[key], level, example))
+            if kind == "int8":
+                from server.int8 import quantize_and_check  # onnxruntime: only when asked
+
+                conn.send(quantize_and_check(nets[key], level, *args))
+            else:
+                conn.send(to_onnx(nets[key], level, *args))
         except Exception as e:
             conn.send(e)
 
@@ -81,11 +91,26 @@ class Exporter:
         """ONNX bytes of `level` from the child, and tier 1's logits on `x` from `net` here."""
         with torch.inference_mode():
             reference = net(x, level)
+        out = self._ask("export", net, level, x)
+        assert isinstance(out, bytes)
+        return out, reference
+
+    def int8(
+        self, net: SubspaceNet, level: Level, model: bytes, calibration: Calibration, fmt: str
+    ) -> tuple[bytes, Gate]:
+        """`level`'s fp32 ONNX `model` quantized to int8 in the child (static, calibrated on
+        `calibration`), with its agreement with tier 1 there: seconds of CPU, none of it here."""
+        out = self._ask("int8", net, level, model, calibration, fmt)
+        assert isinstance(out, tuple)
+        return out
+
+    def _ask(self, kind: str, net: SubspaceNet, level: Level, *args: object) -> object:
         with self._lock:
             conn = self._ensure()
             key = self._keys.get(id(net)) or self._keys.setdefault(id(net), next(self._next_key))
             try:
-                conn.send(("export", key, None if key in self._sent else net, level.detached(), x))
+                sent = None if key in self._sent else net
+                conn.send((kind, key, sent, level.detached(), *args))
                 self._sent.add(key)
                 out = conn.recv()
             except (EOFError, OSError) as e:
@@ -94,7 +119,7 @@ class Exporter:
             self._arm_idle()
         if isinstance(out, Exception):
             raise out
-        return out, reference
+        return out
 
     def _ensure(self) -> Connection:
         if self._closed:

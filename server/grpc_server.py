@@ -337,7 +337,9 @@ def make_hints(call: oip.InferCall) -> Any:
 def encode_grpc(model: Any, call: oip.InferCall, results: list[Any], request_id: str) -> Any:
     probs = torch.stack([r.probabilities for r in results]).to(torch.float32).numpy()
     outputs = oip.outputs_for(call, probs, model.meta.class_names)
-    params = oip.response_parameters([r.level for r in results], [r.tier for r in results])
+    params = oip.response_parameters(
+        [r.level for r in results], [r.tier for r in results], [r.precision for r in results]
+    )
     resp = pb.ModelInferResponse(
         model_name=model.name, model_version=str(model.version), id=request_id
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from controller.hints import HintError as ControllerHintError
-from controller.hints import hinted_level
+from controller.hints import hinted_point
 from controller.policy import LevelPoint, Profile
 from controller.readings import ModelFeedback
 from models import Level, SubspaceNet
@@ -71,6 +71,7 @@ class InferenceService:
         self.predict: Callable[[float], float | None] = self._profiled
         self.in_flight = 0
         self.closed = False
+        self._precision_shown = "fp32"
         # (monotonic time, α, request seconds, forward seconds) of recent requests: feedback.
         self._recent: deque[tuple[float, float, float, float]] = deque(maxlen=1024)
 
@@ -125,19 +126,22 @@ class InferenceService:
             raise TooMany(f"at most {self.max_images} images per request; got {n}")
         if not hints.any:
             return None
-        current = self.level.current.alpha
+        current, served = self.level.current.alpha, self.precision()
         try:
-            alpha = hinted_level(
+            alpha, precision = hinted_point(
                 self.profile,
                 self.level.policy,
                 current,
+                served,
                 min_accuracy=hints.min_accuracy,
                 max_latency_s=None if hints.max_latency_ms is None else hints.max_latency_ms / 1e3,
                 predict=self.predict,
             )
         except ControllerHintError as e:
             raise HintError(str(e)) from None
-        return None if abs(alpha - current) < 1e-9 else alpha
+        if precision != "fp32" or (served == "fp32" and abs(alpha - current) < 1e-9):
+            return None  # the current point meets the hints
+        return alpha  # pinned, so in fp32: perhaps the current level's own fp32 point
 
     async def _decode(self, data: bytes, deadline: float) -> torch.Tensor:
         """One image: header check, its decoded bytes reserved from the daemon's decode budget,
@@ -171,26 +175,43 @@ class InferenceService:
 
     def forward(
         self, x: torch.Tensor, level: Level | None = None
-    ) -> tuple[torch.Tensor, Level, str]:
+    ) -> tuple[torch.Tensor, Level, str, str]:
         """One Level for the whole pass (the current one, unless the requests asked for their
         own), run by tier 2 only if its session was built from that very level, else by
-        PyTorch (tier 1)."""
+        PyTorch (tier 1). The current point's precision applies to unpinned requests; a
+        request pinned by its hints runs in fp32 (hints choose among fp32 points)."""
+        precision = self.level.precision if level is None else "fp32"
         level = self.level.current if level is None else level
-        prepared = self.tier2.serving(level) if self.tier2 is not None else None
+        prepared = self.tier2.serving(level, precision) if self.tier2 is not None else None
         if prepared is not None:
             try:
-                return prepared.run(x, "probabilities"), level, "onnx"
+                probs = prepared.run(x, "probabilities")
+                self._shown(prepared.precision)
+                return probs, level, "onnx", prepared.precision
             except Exception as e:  # tier 2 never fails a request: tier 1 answers
                 assert self.tier2 is not None
                 self.tier2.run_failed(prepared, e)
         with torch.inference_mode():
             probs = torch.softmax(self.net(x, level), dim=1)
-        return probs, level, "torch"
+        self._shown("fp32")
+        return probs, level, "torch", "fp32"
+
+    def _shown(self, precision: str) -> None:
+        """lcs_int8 follows what the last pass ran in (set only when it changes: cheap)."""
+        if precision != self._precision_shown:
+            self._precision_shown = precision
+            self.metrics.int8.set(precision == "int8")
 
     def tier(self) -> str:
         """The tier a request arriving now would run on."""
         t2 = self.tier2
         return "onnx" if t2 is not None and t2.serving(self.level.current) else "torch"
+
+    def precision(self) -> str:
+        """The precision a request arriving now would run in: the point actually served."""
+        t2, level = self.tier2, self.level
+        p = None if t2 is None else t2.serving(level.current, level.precision)
+        return "fp32" if p is None else p.precision
 
     def _profiled(self, alpha: float) -> float | None:
         """Without a controller: the non-forward part seen lately plus the profiled forward."""

@@ -28,6 +28,7 @@ class Change:
     gamma: float
     reason: str
     at: float = field(default_factory=time.time)  # wall clock, for GET /level
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class LevelState:
         self._listeners: list[Listener] = []
         self._hinted: dict[float, Level] = {}  # levels built for hinted requests, LRU
         self.current: Level = self._levels(calc.alpha_max)
+        # The precision asked for at the current width: "int8" is served once tier 2 holds
+        # the variant its gate admitted, fp32 until then. A point is (α, precision).
+        self.precision = "fp32"
         self.last_change = Change(self.current.alpha, self.current.gamma, "startup")
 
     def listen(self, fn: Listener) -> None:
@@ -88,11 +92,16 @@ class LevelState:
             level = self._levels(alpha)
         return level, time.perf_counter() - t0
 
-    async def switch(self, alpha: float, reason: str) -> Level | None:
-        """Move to α off the request path; returns the new Level, or None when α is already
-        current or a newer switch overtook this one."""
+    async def switch(self, alpha: float, reason: str, precision: str | None = None) -> Level | None:
+        """Move to the point (α, precision) off the request path (precision None: keep it);
+        returns the new Level, or None when α is already current (a change of precision
+        alone is then made at once) or a newer switch overtook this one."""
         alpha = self.calc.clamp(alpha)
+        precision = self.precision if precision is None else precision
         if alpha == self.current.alpha:
+            if precision != self.precision:
+                self.precision = precision
+                self._changed(self.current, reason, 0.0)
             return None
         self._generation += 1
         gen = self._generation
@@ -103,25 +112,30 @@ class LevelState:
             return None  # a later switch wins
         tracing.level_switch(self.model, self.current, level, reason, seconds)
         self.current = level  # the atomic swap
-        self.last_change = Change(level.alpha, level.gamma, reason)
+        self.precision = precision
+        self._changed(level, reason, seconds)
+        return level
+
+    def _changed(self, level: Level, reason: str, seconds: float) -> None:
+        self.last_change = Change(level.alpha, level.gamma, reason, precision=self.precision)
         log.info(
             "level changed",
             extra={
                 "alpha": level.alpha,
                 "gamma": level.gamma,
+                "precision": self.precision,
                 "reason": reason,
                 "recompress_s": round(seconds, 6),
             },
         )
         for fn in self._listeners:
             fn(level, reason, seconds)
-        return level
 
     async def set_policy(self, policy: OperatorPolicy, audit: Audit) -> None:
         """An operator's policy wins over the controller: fixed moves now, bounds clamp now."""
         self.policy, self.audit = policy, audit
         if policy.mode == "fixed" and policy.alpha is not None:
-            await self.switch(policy.alpha, "operator_fixed")
+            await self.switch(policy.alpha, "operator_fixed", "fp32")
             return
         alpha = self.current.alpha
         lo = policy.min_alpha if policy.min_alpha is not None else alpha

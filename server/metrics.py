@@ -71,6 +71,12 @@ class Metrics:
         )
         self.gamma = Gauge("lcs_gamma", "Current compression level γ", ["model"], registry=r)
         self.alpha = Gauge("lcs_alpha", "Current position α in the subspace", ["model"], registry=r)
+        self.int8 = Gauge(
+            "lcs_int8",
+            "1 while the level is served in int8 (tier 2's variant)",
+            ["model"],
+            registry=r,
+        )
         self.level_changes = Counter(
             "lcs_level_changes", "Level changes by reason", ["model", "reason"], registry=r
         )
@@ -182,7 +188,7 @@ class Metrics:
     def per_model(self) -> list[Any]:
         return [
             self.queue_wait, self.inference, self.batch_size, self.queue_depth, self.gamma,
-            self.alpha, self.level_changes, self.recompress, self.tier2_prepare,
+            self.alpha, self.int8, self.level_changes, self.recompress, self.tier2_prepare,
             self.tier2_cache_hits, self.tier2_cache_misses, self.tier2_failures,
             self.tier2_cache_bytes, self.model, self.model_resident, self.decisions,
         ]  # fmt: skip
@@ -208,6 +214,7 @@ class ModelMetrics:
         self.batch_size = m.batch_size.labels(name)
         self.queue_depth = m.queue_depth.labels(name)
         self.gamma, self.alpha = m.gamma.labels(name), m.alpha.labels(name)
+        self.int8 = m.int8.labels(name)
         self.level_changes = _Bound(m.level_changes, name)
         self.recompress = m.recompress.labels(name)
         self.tier2_prepare = m.tier2_prepare.labels(name)

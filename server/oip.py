@@ -530,10 +530,14 @@ def encode_http(
     }
 
 
-def response_parameters(levels: Sequence[Any], tiers: Sequence[str]) -> dict[str, Any]:
-    """Which level α, γ and tier served the request (the last item's; how many were used)."""
+def response_parameters(
+    levels: Sequence[Any], tiers: Sequence[str], precisions: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Which level α, γ, tier and precision served the request (the last item's; how many
+    levels were used). Precision only when given: never reported as fp32 by default."""
     last = levels[-1]
     return {
+        **({"precision": precisions[-1]} if precisions else {}),
         "alpha": float(last.alpha),
         "gamma": float(last.gamma),
         "family": str(last.family),

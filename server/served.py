@@ -21,11 +21,12 @@ from server.admission import DecodeBudget
 from server.engine import Engine
 from server.exporter import Exporter
 from server.inference import InferenceService
+from server.int8 import Calibration
 from server.levels import LevelState
 from server.metrics import Metrics, ModelMetrics
 from server.preprocess import Preprocessor
 from server.settings import Settings
-from server.tier2 import Tier2
+from server.tier2 import Int8, Prepared, Tier2
 
 log = logging.getLogger("lcs.server")
 
@@ -107,7 +108,7 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
         metrics,
         # The queue must be able to hold a whole request, or it could never be served.
         max_images=min(s.max_batch_images, s.max_queue),
-        tier2=_tier2(net, meta, level, shared, metrics),
+        tier2=_tier2(net, meta, path, level, shared, metrics),
     )
     engine = Engine(
         service.forward,
@@ -128,6 +129,9 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
         tier2 = model.tier2
         # Tier 1 profiled at load; a level tier 2 holds is predicted at tier 2's speed.
         service.profile = Profile(model.profile, measured=None if tier2 is None else tier2.latency)
+        if tier2 is not None:
+            tier2.on_int8 = lambda p: _int8_point(model, p)
+            tier2.on_int8_gone = lambda alpha: _int8_gone(model, alpha)
         moved = await level.switch(initial_alpha(s, level), "startup")
     except BaseException:
         await model.close()
@@ -201,8 +205,49 @@ def _tensor_bytes(net: SubspaceNet) -> int:
     return sum(t.numel() * t.element_size() for t in net.state_dict().values())
 
 
+def _int8_point(model: ServedModel, p: Prepared) -> None:
+    """An admitted int8 variant joins the profile, with its measured latency and held-out
+    accuracy: a (width, int8) point the controller may choose (on the event loop)."""
+    assert p.latency_s is not None and p.gate is not None
+    point = LevelPoint(p.alpha, p.gamma, p.latency_s, p.gate.accuracy, "int8")
+    model.service.profile = model.service.profile.with_points([point])
+
+
+def _int8_gone(model: ServedModel, alpha: float) -> None:
+    """An evicted variant leaves the profile: the controller cannot choose what is not held."""
+    model.service.profile = model.service.profile.without(alpha, "int8")
+
+
+def calibration(meta: Metadata, path: Path, s: Settings) -> Calibration | None:
+    """The images int8 variants are calibrated and checked on: the folder the checkpoint
+    names (training["calibration"], relative to the checkpoint), else the held-out split of
+    its dataset (training["data_root"] for datasets not bundled); None if neither exists."""
+    common: dict[str, Any] = {
+        "mean": tuple(meta.mean),
+        "std": tuple(meta.std),
+        "size": tuple(meta.input_size[1:]),
+        "calibrate": s.tier2_int8_calibration,
+    }
+    named = meta.training.get("calibration")
+    if named:
+        folder = path.parent / str(named)
+        return Calibration(dataset="folder", root=str(folder), **common)
+    from models.data import DATASETS, RECORDED
+
+    name = RECORDED.get(meta.dataset, meta.dataset)
+    root = meta.training.get("data_root")
+    if name in ("digits", "digits32") or (name in DATASETS and root):
+        return Calibration(dataset=meta.dataset, root=root, **common)
+    return None
+
+
 def _tier2(
-    net: SubspaceNet, meta: Metadata, level: LevelState, shared: Shared, metrics: ModelMetrics
+    net: SubspaceNet,
+    meta: Metadata,
+    path: Path,
+    level: LevelState,
+    shared: Shared,
+    metrics: ModelMetrics,
 ) -> Tier2 | None:
     if shared.exporter is None:
         return None
@@ -219,6 +264,9 @@ def _tier2(
         tolerance=s.tier2_tolerance,
         exporter=shared.exporter,
         spin=s.tier2_spin,
+        int8=Int8(calibration(meta, path, s), s.tier2_int8_min_agreement, s.tier2_int8_format)
+        if s.tier2_int8
+        else None,
     )
 
 
@@ -229,6 +277,7 @@ def _on_switch(model: ServedModel, level: Level, reason: str, seconds: float) ->
     m.level_changes.labels(reason).inc()
     m.alpha.set(level.alpha)
     m.gamma.set(level.gamma)
+    m.int8.set(model.service.precision() == "int8")
     if model.tier2 is not None:
         model.tier2.level_changed(level)
 

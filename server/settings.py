@@ -80,6 +80,15 @@ class Settings(BaseSettings):
     tier2_tolerance: float = Field(
         1e-3, gt=0
     )  # max |Δlogits| vs tier 1, relative to max(1, |logits|)
+    # int8: each settled structured width also quantized (ONNX Runtime static, calibrated on
+    # the checkpoint's held-out split) in the export process; admitted only if its top-1
+    # agreement with tier 1 there is at least min_agreement (above 1: never admitted). The
+    # controller may then choose the (width, int8) point. Off by default: int8 answers differ
+    # from fp32 on up to 1 % of inputs, which an operator opts into (LCS_TIER2_INT8=1).
+    tier2_int8: bool = False
+    tier2_int8_min_agreement: float = Field(0.99, ge=0)
+    tier2_int8_format: Literal["qdq", "qoperator"] = "qoperator"  # faster here (BENCHMARKS.md)
+    tier2_int8_calibration: int = Field(256, ge=1)  # images that set the activation ranges
 
     # Proxies whose X-Forwarded-For is trusted (uvicorn's forwarded_allow_ips); none by default.
     forwarded_allow_ips: str = ""

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -18,6 +18,7 @@ from models import Level, SubspaceNet
 from models.export import to_onnx
 from models.profile import median_seconds
 from server.exporter import Exporter, ExporterDied
+from server.int8 import DISABLED_OPTIMIZERS, Calibration, Gate
 from server.metrics import Metrics
 
 log = logging.getLogger("lcs.server")
@@ -66,6 +67,8 @@ class Prepared:
     session: ort.InferenceSession
     nbytes: int  # the ONNX model's size: its weights dominate what the session holds
     latency_s: float | None = None  # median batch-1 run: the controller's profile of the level
+    precision: str = "fp32"  # "int8": statically quantized, admitted by its Gate
+    gate: Gate | None = None  # int8 only: its agreement with tier 1 and held-out accuracy
 
     def matches(self, level: Level) -> bool:
         return (self.alpha, self.gamma, self.family) == (level.alpha, level.gamma, level.family)
@@ -103,9 +106,13 @@ def export(net: SubspaceNet, level: Level, x: torch.Tensor) -> tuple[bytes, torc
     return to_onnx(net, level, x), reference
 
 
-def open_session(model: bytes, threads: int, spin: bool = False) -> ort.InferenceSession:
+def open_session(
+    model: bytes, threads: int, spin: bool = False, disabled: Sequence[str] = ()
+) -> ort.InferenceSession:
     options = session_options(threads, spin)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled)
+    )
 
 
 def verify(prepared: Prepared, x: torch.Tensor, reference: torch.Tensor, tolerance: float) -> None:
@@ -114,6 +121,25 @@ def verify(prepared: Prepared, x: torch.Tensor, reference: torch.Tensor, toleran
     bound = tolerance * max(1.0, float(reference.abs().max()))
     if not diff <= bound:  # also catches NaN
         raise Tier2Failure("mismatch", f"max |Δlogits| {diff:.3g} > {bound:.3g}")
+
+
+@dataclass(frozen=True)
+class Int8:
+    """Tier 2's int8 variants: where calibration images come from, the top-1 agreement with
+    tier 1 a variant needs before it may serve, and the quantizer's format."""
+
+    calibration: Calibration | None  # None: the checkpoint names none and has no dataset
+    min_agreement: float = 0.99
+    format: str = "qoperator"
+
+
+def int8_refusal(level: Level) -> str | None:
+    """Why a level gets no int8 variant: only a structured level is a plain fp32 network of
+    its width; quantization levels already round their weights, and unstructured ones keep
+    zeros the quantizer would not keep."""
+    if level.family != "structured":
+        return f"int8 is offered for structured levels only, not {level.family}"
+    return None
 
 
 def ensure_supported(level: Level) -> None:
@@ -153,6 +179,8 @@ class Tier2:
 
     `active` is the one session requests may use; the inference thread runs it only if it
     matches the Level it captured, so a response always reports the level it ran at.
+    With `int8`, a width's fp32 session is followed by its int8 variant (quantized in the
+    export process, admitted by its Gate), served when the level's precision asks for it.
     """
 
     def __init__(
@@ -168,12 +196,19 @@ class Tier2:
         tolerance: float,
         exporter: Exporter,
         spin: bool = False,
+        int8: Int8 | None = None,
     ) -> None:
         self.net, self.input_size, self.threads, self.metrics = net, input_size, threads, metrics
         self.current = current
         self.settle_s, self.budget_bytes, self.tolerance = settle_s, budget_bytes, tolerance
         self.active: Prepared | None = None
         self.cache: OrderedDict[float, Prepared] = OrderedDict()  # α → session, oldest first
+        # α → its int8 session, admitted by the gate; evicted with its fp32 width.
+        self.int8 = int8
+        self.int8_cache: dict[float, Prepared] = {}
+        self.int8_refused: dict[float, str] = {}  # α → why its int8 variant does not serve
+        self.on_int8: Callable[[Prepared], None] | None = None  # a variant was admitted
+        self.on_int8_gone: Callable[[float], None] | None = None  # and evicted since
         # Export (tracing, the heavy part) runs in a child process at nice 10; this thread only
         # waits for it. The session opens on a thread of normal priority, since ORT's pool
         # threads inherit the nice value of their creator.
@@ -193,10 +228,19 @@ class Tier2:
         self.export_fn = self.exporter
         self.session_fn: Callable[[bytes, int], ort.InferenceSession]
         self.session_fn = partial(open_session, spin=spin)
+        self.int8_fn: Callable[[SubspaceNet, Level, bytes, Calibration, str], tuple[bytes, Gate]]
+        self.int8_fn = self.exporter.int8
+        self.int8_session_fn: Callable[[bytes, int], ort.InferenceSession]
+        self.int8_session_fn = partial(open_session, spin=spin, disabled=DISABLED_OPTIMIZERS)
 
-    def serving(self, level: Level) -> Prepared | None:
+    def serving(self, level: Level, precision: str = "fp32") -> Prepared | None:
         """The session for exactly `level`, if tier 2 holds it (called on the inference thread):
-        the active one, or a cached one for a request pinned to a level of its own."""
+        its int8 variant when asked for and admitted, else the active one, or a cached one for
+        a request pinned to a level of its own."""
+        if precision == "int8":
+            q = self.int8_cache.get(level.alpha)
+            if q is not None and q.matches(level):
+                return q
         p = self.active
         if p is not None and p.matches(level):
             return p
@@ -228,7 +272,10 @@ class Tier2:
         if self.active is prepared:
             self.active = None
         if self._loop is not None:  # the cache belongs to the event loop's thread
-            self._loop.call_soon_threadsafe(self.cache.pop, prepared.alpha, None)
+            if prepared.precision == "int8":
+                self._loop.call_soon_threadsafe(self._drop_int8, prepared.alpha)
+            else:
+                self._loop.call_soon_threadsafe(self.cache.pop, prepared.alpha, None)
         self._fail("run", e)
 
     async def _settle_then_prepare(self, level: Level, generation: int) -> None:
@@ -239,7 +286,13 @@ class Tier2:
             return  # an earlier visit's preparation is still running; it installs itself
         self._pending.add(level.alpha)
         try:
-            prepared = await self._prepare(level)
+            await self._prepare_and_swap(level)
+        finally:
+            self._pending.discard(level.alpha)
+
+    async def _prepare_and_swap(self, level: Level) -> None:
+        try:
+            prepared, model = await self._prepare(level)
         except _Stale:
             return
         except Tier2Failure as e:
@@ -250,8 +303,6 @@ class Tier2:
         except Exception as e:  # a bug in tier 2 must never reach a request
             self._fail("internal", e)
             return
-        finally:
-            self._pending.discard(level.alpha)
         self._store(prepared)
         if self._is_current(level):
             self.active = prepared  # the atomic swap
@@ -259,8 +310,14 @@ class Tier2:
                 "tier 2 serving",
                 extra={"alpha": level.alpha, "gamma": level.gamma, "onnx_bytes": prepared.nbytes},
             )
+        if self.int8 is None or level.alpha in self.int8_refused:
+            return
+        try:  # then its int8 variant: fp32 already serves meanwhile
+            await self._prepare_int8(level, model, self.int8)
+        except Exception as e:  # a bug in tier 2 must never reach a request
+            self._fail("internal", e)
 
-    async def _prepare(self, level: Level) -> Prepared:
+    async def _prepare(self, level: Level) -> tuple[Prepared, bytes]:
         ensure_supported(level)
         loop = asyncio.get_running_loop()
         x = warmup_batch(self.input_size)
@@ -295,7 +352,84 @@ class Tier2:
 
         prepared = await loop.run_in_executor(self._session_pool, open_and_verify)
         self.metrics.tier2_prepare.observe(time.perf_counter() - start)
-        return prepared
+        return prepared, model
+
+    async def _prepare_int8(self, level: Level, model: bytes, cfg: Int8) -> None:
+        """Quantize `level` (its fp32 ONNX `model`) in the export process and admit the
+        variant only if its top-1 agreement with tier 1 reaches `cfg.min_agreement`; else
+        record why (describe(), lcs_tier2_failures{reason="int8"}, one log line)."""
+        why = int8_refusal(level)
+        if why is None and cfg.calibration is None:
+            why = "no calibration images: the checkpoint names none and its dataset is unknown"
+        if why is not None:  # not offered, rather than failed: no failure counted
+            self._refuse_int8(level, why, failed=False)
+            return
+        assert cfg.calibration is not None
+        calibration = cfg.calibration
+        loop = asyncio.get_running_loop()
+
+        def quantize_if_current() -> tuple[bytes, Gate]:
+            if not self._is_current(level):
+                raise _Stale  # left already: tried again once its fp32 width is prepared anew
+            return self.int8_fn(self.net, level, model, calibration, cfg.format)
+
+        try:
+            q, gate = await loop.run_in_executor(self._export_pool, quantize_if_current)
+        except _Stale:
+            return
+        except ExporterDied as e:
+            self._fail("exporter", e)
+            return
+        except Exception as e:
+            self._refuse_int8(level, f"quantization failed: {type(e).__name__}: {e}")
+            return
+        if not gate.passes(cfg.min_agreement):
+            self._refuse_int8(
+                level,
+                f"top-1 agreement with tier 1 {gate.agreement:.4f} on {gate.images} "
+                f"calibration images < {cfg.min_agreement:g}",
+            )
+            return
+
+        def open_and_time() -> Prepared:
+            session = self.int8_session_fn(q, self.threads)
+            p = Prepared(
+                level.alpha, level.gamma, level.family, session, len(q), None, "int8", gate
+            )
+            one = warmup_batch(self.input_size)[:1]
+            return replace(p, latency_s=median_seconds(lambda: p.run(one, "probabilities"), 0.2))
+
+        try:
+            prepared = await loop.run_in_executor(self._session_pool, open_and_time)
+        except Exception as e:
+            self._refuse_int8(level, f"session: {type(e).__name__}: {e}")
+            return
+        if self.cache.get(level.alpha) is None:
+            return  # its fp32 width was evicted meanwhile: the pair goes together
+        self.int8_cache[level.alpha] = prepared
+        self._fit(level.alpha)
+        log.info(
+            "tier 2 int8 ready",
+            extra={
+                "alpha": level.alpha,
+                "agreement": gate.agreement,
+                "accuracy": gate.accuracy,
+                "fp32_accuracy": gate.fp32_accuracy,
+                "onnx_bytes": len(q),
+            },
+        )
+        if self.on_int8 is not None and level.alpha in self.int8_cache:
+            self.on_int8(prepared)
+
+    def _refuse_int8(self, level: Level, why: str, failed: bool = True) -> None:
+        """The fp32 width stays; the refusal is kept (the weights never change while serving)."""
+        self.int8_refused[level.alpha] = why
+        extra = {"alpha": level.alpha, "reason": why}
+        if not failed:
+            log.info("tier 2 int8 not offered", extra=extra)
+            return
+        self.metrics.tier2_failures.labels("int8").inc()
+        log.warning("tier 2 int8 refused, fp32 stays", extra=extra)
 
     def _store(self, prepared: Prepared) -> None:
         """Insert, then evict least recently used sessions until the budget holds: others first,
@@ -308,21 +442,45 @@ class Tier2:
                 break
             if id(p) not in keep:
                 del self.cache[alpha]
+                self._drop_int8(alpha)
         if self.cached_bytes > self.budget_bytes and self.active is not None:
             loser = self.active if self._is_current(prepared) else prepared
             self.cache.pop(loser.alpha, None)
+            self._drop_int8(loser.alpha)
             if loser is self.active:
                 self.active = None
+        if self.cached_bytes > self.budget_bytes:  # the pair alone is over: drop the variant
+            self._drop_int8(prepared.alpha)
         self.metrics.tier2_cache_bytes.set(self.cached_bytes)
 
-    def latency(self, alpha: float) -> float | None:
+    def _fit(self, alpha: float) -> None:
+        """After α's int8 variant joined: evict least recently used other widths (never the
+        active one) until the budget holds; if α's pair alone is over it, drop the variant."""
+        keep = {alpha, None if self.active is None else self.active.alpha}
+        for a in list(self.cache):
+            if self.cached_bytes <= self.budget_bytes:
+                break
+            if a not in keep:
+                del self.cache[a]
+                self._drop_int8(a)
+        if self.cached_bytes > self.budget_bytes:
+            self._drop_int8(alpha)
+        self.metrics.tier2_cache_bytes.set(self.cached_bytes)
+
+    def _drop_int8(self, alpha: float) -> None:
+        """α's int8 variant is no longer held: it leaves the profile too (on the event loop)."""
+        if self.int8_cache.pop(alpha, None) is not None and self.on_int8_gone is not None:
+            self.on_int8_gone(alpha)
+
+    def latency(self, alpha: float, precision: str = "fp32") -> float | None:
         """How fast α is served now, if tier 2 holds it: a switch to it is a cache hit."""
-        p = self.cache.get(alpha)
+        p = (self.int8_cache if precision == "int8" else self.cache).get(alpha)
         return None if p is None else p.latency_s
 
     @property
     def cached_bytes(self) -> int:
-        return sum(p.nbytes for p in self.cache.values())
+        held = (*self.cache.values(), *self.int8_cache.values())
+        return sum(p.nbytes for p in held)
 
     def _is_current(self, level: Level | Prepared) -> bool:
         now = self.current()
@@ -340,6 +498,27 @@ class Tier2:
             "cached_bytes": self.cached_bytes,
             "budget_bytes": self.budget_bytes,
             "settle_s": self.settle_s,
+            "int8": None if self.int8 is None else self._describe_int8(self.int8),
+        }
+
+    def _describe_int8(self, cfg: Int8) -> dict[str, object]:
+        def point(p: Prepared) -> dict[str, object]:
+            g = p.gate
+            return {
+                "alpha": p.alpha,
+                "latency_ms": None if p.latency_s is None else 1e3 * p.latency_s,
+                "agreement": None if g is None else g.agreement,
+                "accuracy": None if g is None else g.accuracy,
+                "fp32_accuracy": None if g is None else g.fp32_accuracy,
+                "onnx_bytes": p.nbytes,
+            }
+
+        return {
+            "min_agreement": cfg.min_agreement,
+            "format": cfg.format,
+            "calibration": cfg.calibration is not None,
+            "points": [point(p) for p in self.int8_cache.values()],
+            "refused": [{"alpha": a, "reason": r} for a, r in self.int8_refused.items()],
         }
 
     async def close(self) -> None:
@@ -347,6 +526,7 @@ class Tier2:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.active = None
+        self.int8_cache.clear()
         self._export_pool.shutdown(wait=False, cancel_futures=True)
         # Waits for an export in progress (another model's, perhaps): off the request path.
         await asyncio.to_thread(self.exporter.forget, self.net)

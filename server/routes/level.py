@@ -160,6 +160,7 @@ def describe(
         "model": model.identity(),
         **level.describe(),
         "tier": model.service.tier(),
+        "precision": model.service.precision(),  # what serves now: int8 once admitted
         "tier2": None if tier2 is None else tier2.describe(),
         "policy": {
             **_fields(policy),
@@ -169,6 +170,7 @@ def describe(
         "last_change": {
             "alpha": change.alpha,
             "gamma": change.gamma,
+            "precision": change.precision,
             "reason": change.reason,
             "at": change.at,
         },
@@ -180,6 +182,7 @@ def describe(
         if decision is None
         else {
             "alpha": decision.alpha,
+            "precision": decision.precision,
             "reason": decision.reason,
             "demand_cores": decision.demand_cores,
             "latency_ms": _ms(decision.latency_s),
@@ -193,6 +196,17 @@ def describe(
                 "accuracy": p.accuracy,
             }
             for p in model.profile
+        ],
+        # The (width, int8) points tier 2 admitted: its session's latency, held-out accuracy.
+        "profile_int8": [
+            {
+                "alpha": p.alpha,
+                "gamma": p.gamma,
+                "latency_ms": 1e3 * p.latency_s,
+                "accuracy": p.accuracy,
+            }
+            for p in model.service.profile.variants
+            if p.precision == "int8"
         ],
     }
 

@@ -74,6 +74,7 @@ class LevelInfo(BaseModel):
     family: str
     kind: str
     tier: str  # what ran the forward pass: "torch" (tier 1) or "onnx" (tier 2)
+    precision: str = "fp32"  # "int8": tier 2's quantized variant of the width
 
 
 class ModelInfo(BaseModel):
@@ -251,7 +252,7 @@ def respond(model: ServedModel, r: Result, top_k: int, received: float) -> Predi
             Prediction(label=names[i], index=i, probability=p)
             for p, i in zip(probs.tolist(), idx.tolist(), strict=True)
         ],
-        level=LevelInfo(**r.level.describe(), tier=r.tier),
+        level=LevelInfo(**r.level.describe(), tier=r.tier, precision=r.precision),
         model=ModelInfo(**model.identity()),
         latency_ms=1e3 * seconds,
         timing_ms={

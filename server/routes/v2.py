@@ -221,7 +221,9 @@ async def _infer(
     request.state.level = results[-1].level
     probs = torch.stack([r.probabilities for r in results]).to(torch.float32).numpy()
     params = {
-        **oip.response_parameters([r.level for r in results], [r.tier for r in results]),
+        **oip.response_parameters(
+            [r.level for r in results], [r.tier for r in results], [r.precision for r in results]
+        ),
         "checksum": model.checksum[:16],
     }
     content, headers = oip.encode_http(

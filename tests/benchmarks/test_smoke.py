@@ -23,6 +23,7 @@ TINY = {
     "memory": ["--arch", "small_cnn"],
     "controller_overhead": ["--seconds", "1"],
     "tier2": ["--models", "default", "--repeats", "3"],
+    "int8": ["--models", "default", "--widths", "1.0", "0.25", "--repeats", "3"],
     "protocols": ["--concurrency", "2", "--requests", "60", "--parse-repeats", "2"],
     "models": [
         *("--archs", "small_cnn", "--counts", "1", "2", "--replacements", "1"),
@@ -136,6 +137,7 @@ def test_report_renders_what_was_saved(results, tmp_path):
         "Memory",
         "Controller overhead",
         "Two tiers",
+        "int8 on top of width",
     ):
         assert f"## {heading}" in text, heading
     assert (results / "plots" / "switch_cost.png").read_bytes()[:4] == b"\x89PNG"
