@@ -61,7 +61,10 @@ class FakeService:
             raise self.fail
         assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28)
         probs = torch.from_numpy(expected(x.numpy()))
-        return [SimpleNamespace(probabilities=p, level=LEVEL, tier="torch") for p in probs]
+        return [
+            SimpleNamespace(probabilities=p, level=LEVEL, tier="torch", precision="fp32")
+            for p in probs
+        ]
 
     async def predict_pixels(self, x, hints, deadline, received=None):
         assert x.dtype == torch.uint8
