@@ -68,7 +68,7 @@ async def measure(name: str, ckpt: Path | None, repeats: int, warm: int) -> dict
                     return torch.softmax(rt.net(x, level), dim=1)  # ServedModel.forward's tier 1
 
             def tier2() -> object:
-                probs, _, tier = rt.service.forward(x)
+                probs, _, tier, *_ = rt.service.forward(x)  # and precision
                 assert tier == "onnx"
                 return probs
 
