@@ -32,7 +32,7 @@ TINY = {
     # One family, one seed, one short epoch: the run, its cache and its JSON, not the figures.
     "accuracy": [
         *("--families", "unstructured", "--seeds", "0", "--epochs", "1", "--max-train", "128"),
-        *("--methods", "LCS+P+IN", "LCS+L+IN", "TopK 0.9"),  # LCS and a per-level yardstick
+        *("--methods", "LCS+P+IN", "TopK 0.9"),  # LCS and a per-level yardstick: one round
         *("--runs-dir", "{results}/checkpoints"),
     ],
     "accuracy.table2": ["--archs", "cpreresnet20", "--repeats", "1"],
@@ -155,7 +155,7 @@ def test_accuracy_report_shows_what_the_checkpoints_score(results, tmp_path):
     assert "## Unstructured sparsity" in text and "## Profile of the paper's networks" in text
     assert (results / "plots" / "accuracy_unstructured.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((results / "accuracy.json").read_text())["families"]["unstructured"]
-    lcs = next(m for m in saved if m["label"] == "LCS+L+IN")
+    lcs = next(m for m in saved if m["label"] == "LCS+P+IN")
     net, meta, _ = checkpoint.load(results / "checkpoints" / f"{lcs['name']}-s0.safetensors")
     data = load_digits()
     gamma = lcs["rows"][-1]["gamma"]

@@ -44,7 +44,7 @@ def test_other_families_train_as_line_subspaces(tmp_path, digits, family):
     cfg = TrainConfig(
         family=family,
         kind="line",
-        epochs=5,
+        epochs=3,
         max_train=1280,
         batch_size=32,
         act_quant_start=0.5,
@@ -103,7 +103,7 @@ def test_torchrun_two_gloo_processes(tmp_path):
         "server.cli",
         "train",
         "--epochs",
-        "4",
+        "2",
         "--max-train",
         "1024",
         "--batch-size",
