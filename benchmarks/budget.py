@@ -48,6 +48,7 @@ def env_for(models: list[str], mode: str) -> dict[str, str]:
         "LCS_LOG_LEVEL": "warning",
         "LCS_TIER2_ENABLED": "0",  # tier 1 only: exporter children would blur the CPU figures
         "LCS_CONTROLLER_OBJECTIVE": "share",
+        "LCS_GRPC_PORT": "0",  # "separate" runs a daemon per model: they would share port 8001
     }
 
 
