@@ -19,7 +19,7 @@ TINY = {
     "switch_cost": ["--archs", "small_cnn", "--repeats", "3"],
     "speedup": ["--archs", "cpreresnet20", "--batches", "1", "--threads", "1", "--repeats", "2"],
     "server_load": ["--concurrency", "2", "--requests", "60", "--gammas", "1.0", "--rounds", "1"],
-    "adaptation": ["--models", "digits", "--burners", "0", "--seconds", "4"],
+    "adaptation": ["--models", "digits", "--burners", "0", "--seconds", "2"],
     "memory": ["--arch", "small_cnn"],
     "controller_overhead": ["--seconds", "1"],
     "tier2": ["--models", "default", "--repeats", "3"],

@@ -33,11 +33,12 @@ def test_shipped_checkpoint_matches_its_metadata_and_the_report(family, digits):
     results = json.loads((ROOT / "benchmarks" / "results" / "accuracy.json").read_text())
     seed = meta.training["seed"]
     lcs = next(m for m in results["families"][family] if m["label"] == "LCS+P+IN")
-    gammas = [r["gamma"] for r in lcs["rows"]]
+    rows = [lcs["rows"][0], lcs["rows"][len(lcs["rows"]) // 2], lcs["rows"][-1]]  # three levels
+    gammas = [r["gamma"] for r in rows]
     alphas = [meta.spec.calc.alpha(g) for g in gammas]
     measured = accuracy_at_levels(net, digits.test, alphas, meta.mean, meta.std)
     index = results["seeds"].index(seed)
-    assert [r["accuracy"] for r in measured] == [r["seeds"][index] for r in lcs["rows"]]
+    assert [r["accuracy"] for r in measured] == [r["seeds"][index] for r in rows]
 
 
 def test_compute_bound_digits_model_matches_its_metadata_and_the_report():
