@@ -161,15 +161,17 @@ def kth_smallest(magnitude: Tensor, n: int) -> tuple[float, int, int]:
     if total < BAND_MIN_NUMEL:
         return _counted(magnitude, float(magnitude.kthvalue(n).values))
     gen = torch.Generator().manual_seed(total)  # deterministic: the same band every run
-    sample = magnitude[torch.randint(total, (BAND_SAMPLE,), generator=gen)].sort().values
+    sample = magnitude[torch.randint(total, (BAND_SAMPLE,), generator=gen)]
     q = n / total
     margin = BAND_SIGMAS * math.sqrt(BAND_SAMPLE * q * (1.0 - q)) + 2.0
     lo_k, hi_k = int(q * BAND_SAMPLE - margin), int(q * BAND_SAMPLE + margin)
-    lo = float(sample[min(lo_k, BAND_SAMPLE - 1)]) if lo_k >= 0 else -math.inf
-    hi = float(sample[max(hi_k, 0)]) if hi_k < BAND_SAMPLE else math.inf
+    # sample order statistics (1-based kthvalue); an end beyond the sample is unbounded
+    lo = float(sample.kthvalue(min(lo_k, BAND_SAMPLE - 1) + 1).values) if lo_k >= 0 else -math.inf
+    hi = float(sample.kthvalue(max(hi_k, 0) + 1).values) if hi_k < BAND_SAMPLE else math.inf
     ge = magnitude >= lo
     below = total - int(torch.count_nonzero(ge))  # (a bool .sum() first copies to int64)
-    band = magnitude.masked_select(ge.logical_and_(magnitude <= hi))
+    # boolean indexing, not masked_select: that one sums the whole mask as int64 first
+    band = magnitude[ge.logical_and_(magnitude <= hi)]
     if not below < n <= below + band.numel():
         return _counted(magnitude, float(magnitude.kthvalue(n).values))
     threshold = float(band.kthvalue(n - below).values)
