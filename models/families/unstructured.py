@@ -168,10 +168,11 @@ def kth_smallest(magnitude: Tensor, n: int) -> tuple[float, int, int]:
     # sample order statistics (1-based kthvalue); an end beyond the sample is unbounded
     lo = float(sample.kthvalue(min(lo_k, BAND_SAMPLE - 1) + 1).values) if lo_k >= 0 else -math.inf
     hi = float(sample.kthvalue(max(hi_k, 0) + 1).values) if hi_k < BAND_SAMPLE else math.inf
-    ge = magnitude >= lo
-    below = total - int(torch.count_nonzero(ge))  # (a bool .sum() first copies to int64)
+    # counted as below lo, not as total minus those at or above it: a NaN is neither
+    lt = magnitude < lo
+    below = _count(lt)
     # boolean indexing, not masked_select: that one sums the whole mask as int64 first
-    band = magnitude[ge.logical_and_(magnitude <= hi)]
+    band = magnitude[lt.logical_not_().logical_and_(magnitude <= hi)]
     if not below < n <= below + band.numel():
         return _counted(magnitude, float(magnitude.kthvalue(n).values))
     threshold = float(band.kthvalue(n - below).values)
@@ -183,7 +184,7 @@ def _counted(magnitude: Tensor, threshold: float) -> tuple[float, int, int]:
 
 
 def _count(mask: Tensor) -> int:
-    return int(torch.count_nonzero(mask))
+    return int(torch.count_nonzero(mask))  # (a bool .sum() first copies it to int64)
 
 
 def _boundary(
