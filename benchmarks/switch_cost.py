@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--archs", nargs="+", default=["small_cnn", "cpreresnet20", "resnet18"])
     p.add_argument("--repeats", type=int, default=40)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
@@ -87,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{'cold ms':>8} {'lerp ms':>8} {'forward ms':>10} {'switch/fwd':>10} {'target':>7}"
     )
     for arch in args.archs:
-        for family in FAMILIES:
-            for kind in KINDS:
+        for family in args.families:
+            for kind in args.kinds:
                 r = measure(arch, family, kind, args.repeats)
                 rows.append(r)
                 target = f"≤{r['target_ms']:g}" if "target_ms" in r else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -142,12 +143,64 @@ def _threshold(
     return float(ordered[n - 1]), exact
 
 
+# The band selection below: layers smaller than BAND_MIN_NUMEL take one kthvalue; larger ones
+# sample BAND_SAMPLE of their |w| to bracket the n-th smallest (a miss falls back to kthvalue).
+BAND_MIN_NUMEL = 1 << 15
+BAND_SAMPLE = 16384
+BAND_SIGMAS = 4.0  # half-width of the bracket in binomial standard deviations of the sample
+
+
+def kth_smallest(magnitude: Tensor, n: int) -> tuple[float, int, int]:
+    """The n-th smallest (1-based) of a flat tensor, with how many values are below it and
+    how many equal it; the same τ as magnitude.kthvalue(n). A full selection of an 11 M-weight
+    ResNet18 is ~150 ms: instead, a random sample's quantiles bracket τ in [lo, hi], one pass
+    counts the values below lo and keeps those in [lo, hi] (a small fraction), and the exact
+    selection runs on those alone. If the bracket missed τ (a sample too unlike the layer, or
+    a run of ties) the full selection decides."""
+    total = magnitude.numel()
+    if total < BAND_MIN_NUMEL:
+        return _counted(magnitude, float(magnitude.kthvalue(n).values))
+    gen = torch.Generator().manual_seed(total)  # deterministic: the same band every run
+    sample = magnitude[torch.randint(total, (BAND_SAMPLE,), generator=gen)]
+    q = n / total
+    margin = BAND_SIGMAS * math.sqrt(BAND_SAMPLE * q * (1.0 - q)) + 2.0
+    lo_k, hi_k = int(q * BAND_SAMPLE - margin), int(q * BAND_SAMPLE + margin)
+    # sample order statistics (1-based kthvalue); an end beyond the sample is unbounded
+    lo = float(sample.kthvalue(min(lo_k, BAND_SAMPLE - 1) + 1).values) if lo_k >= 0 else -math.inf
+    hi = float(sample.kthvalue(max(hi_k, 0) + 1).values) if hi_k < BAND_SAMPLE else math.inf
+    # counted as below lo, not as total minus those at or above it: a NaN is neither
+    lt = magnitude < lo
+    below = _count(lt)
+    # boolean indexing, not masked_select: that one sums the whole mask as int64 first
+    band = magnitude[lt.logical_not_().logical_and_(magnitude <= hi)]
+    if not below < n <= below + band.numel():
+        return _counted(magnitude, float(magnitude.kthvalue(n).values))
+    threshold = float(band.kthvalue(n - below).values)
+    return threshold, below + _count(band < threshold), _count(band == threshold)
+
+
+def _counted(magnitude: Tensor, threshold: float) -> tuple[float, int, int]:
+    return threshold, _count(magnitude < threshold), _count(magnitude == threshold)
+
+
+def _count(mask: Tensor) -> int:
+    return int(torch.count_nonzero(mask))  # (a bool .sum() first copies it to int64)
+
+
 def _boundary(
     layer: SubspaceLayer, w: Tensor, n: int, cache: dict[str, Tensor] | None
 ) -> tuple[float, Tensor | None]:
     """The n-th smallest |w| = τ, and when weights equal to τ straddle the boundary, the flat
     indices of the tied ones that stay: the last in index order, as the stable sort of
-    compress_layer's tie path keeps them (it prunes the first n of (|w|, index))."""
+    compress_layer's tie path keeps them (it prunes the first n of (|w|, index)). A line's
+    ω*(α) is new at every α: its τ comes from kth_smallest's band, not a full selection."""
+    if layer.line:
+        magnitude = w.detach().abs().flatten()
+        threshold, below, tied_count = kth_smallest(magnitude, n)
+        if below + tied_count == n:
+            return threshold, None
+        tied = (magnitude == threshold).nonzero().flatten()
+        return threshold, tied[n - below :]
     threshold, exact = _threshold(layer, w, n, cache)
     if exact:
         return threshold, None

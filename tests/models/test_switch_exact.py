@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from models import LevelCompressor, SubspaceSpec, compress, create_model
+from models.families import unstructured
 
 ALPHAS = [0.025, 0.3, 0.5, 0.77, 1.0]
 
@@ -93,3 +94,57 @@ def test_a_dropped_levels_tensors_are_reused():
     first = levels(0.3)[key].weight.data_ptr()  # the level is dropped at once
     assert levels(0.6)[key].weight.data_ptr() == first
     assert len(levels.buffers.sets) == 1
+
+
+def _magnitudes():
+    g = torch.Generator().manual_seed(1)
+    smooth = torch.randn(200_000, generator=g).abs()
+    ties = (torch.randn(100_000, generator=g) * 4).round().abs() / 4  # runs of equal |w|
+    skewed = torch.cat([torch.zeros(60_000), torch.rand(40_000, generator=g)])  # zeros: ties
+    nan = torch.rand(100_000, generator=g)
+    nan[::997] = float("nan")  # a diverged weight: kthvalue orders NaN last
+    return {"smooth": smooth, "ties": ties, "skewed": skewed, "nan": nan}
+
+
+@pytest.mark.parametrize("name", ["smooth", "ties", "skewed", "nan"])
+def test_band_selection_is_kthvalue(name, monkeypatch):
+    """The sampled band finds the same n-th smallest |w|, and counts below and tied at it,
+    as a full selection; on a smooth layer the band decides, without the fallback."""
+    fallbacks = []
+    counted = unstructured._counted
+    monkeypatch.setattr(unstructured, "_counted", lambda m, t: fallbacks.append(t) or counted(m, t))
+    magnitude = _magnitudes()[name]
+    total = magnitude.numel()
+    finite = int(magnitude.isfinite().sum())
+    for n in (1, 7, total // 3, total // 2, int(0.975 * total), total - 1, total):
+        n = min(n, finite)  # (NaN's own position is kthvalue's convention, not an order)
+        threshold, below, tied = unstructured.kth_smallest(magnitude, n)
+        expected = float(magnitude.kthvalue(n).values)
+        assert threshold == expected, (name, n)
+        assert below == int((magnitude < expected).sum()), (name, n)
+        assert tied == int((magnitude == expected).sum()), (name, n)
+    if name == "smooth":
+        assert not fallbacks
+
+
+def test_band_that_misses_falls_back_to_a_full_selection(monkeypatch):
+    monkeypatch.setattr(unstructured, "BAND_SIGMAS", -50.0)  # an empty bracket
+    magnitude = _magnitudes()["smooth"]
+    for n in (5, 100_000, 199_999):
+        threshold, below, tied = unstructured.kth_smallest(magnitude, n)
+        assert threshold == float(magnitude.kthvalue(n).values)
+        assert below == n - 1 and tied == 1
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_cold_line_levels_off_the_grid_are_exact(ties):
+    """α never seen before: each layer's boundary is found by the band (small_cnn's larger
+    hidden layers are above BAND_MIN_NUMEL), then checked against the full stable sort."""
+    net = create_model("small_cnn", SubspaceSpec("unstructured", "line")).eval()
+    assert any(m.weight.numel() >= unstructured.BAND_MIN_NUMEL for m in net.subspace_layers())
+    if ties:
+        tie_heavy(net)
+    levels = LevelCompressor(net, cache=True)
+    with torch.inference_mode():
+        for alpha in (0.0731, 0.4142, 0.6180, 0.9001):
+            assert_pruned_as_defined(net, levels(alpha))
