@@ -10,10 +10,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -22,6 +24,12 @@ from PIL import Image
 
 from models import LevelCompressor, checkpoint
 from models.data import load_digits
+
+if TYPE_CHECKING:
+    from server.daemon import Daemon
+    from server.served import ServedModel
+
+    InProcess = tuple[Daemon, ServedModel, httpx.AsyncClient]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +63,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@asynccontextmanager
+async def in_process(
+    **overrides: Any,
+) -> AsyncIterator[tuple[Daemon, ServedModel, httpx.AsyncClient]]:
+    """The daemon's own start-up in this process (no port): the Daemon, its default model and
+    an ASGI client on the app. Settings: controller off and one torch thread, then `overrides`."""
+    from server import daemon as serving
+    from server.app import create_app
+    from server.settings import Settings
+
+    settings = Settings(**{"controller_enabled": False, "torch_threads": 1} | overrides)
+    app = create_app(settings)
+    d = await serving.start(settings, app.state.metrics)
+    app.state.daemon = d
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://lcs") as client:
+            yield d, d.registry.get(), client
+    finally:
+        await serving.stop(d)
 
 
 @contextmanager
@@ -123,6 +153,23 @@ class LiveServer:
 
     def output(self) -> str:
         return self.log.read_text()
+
+    def sigterm_under_load(
+        self, client: Callable[[int], None], clients: int, loaded: Callable[[], bool]
+    ) -> tuple[int, str]:
+        """`clients` threads run `client(k)` until `loaded()` holds (bounded: 30 s), then
+        SIGTERM: the exit code and the log, once every client has ended (none may hang)."""
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while not loaded() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads), "a client hung after the drain started"
+        return self.proc.wait(60), self.output()
 
 
 def make_checkpoint(

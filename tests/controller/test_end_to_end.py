@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import digits, drive, encode, live_server, make_checkpoint
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.exclusive]
 BURNERS = 4  # on 2 cores: the server's thread gets about 2/5 of a core
 
 

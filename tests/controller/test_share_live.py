@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import digits, encode, live_server, make_checkpoint
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.exclusive]
 MODEL = "c20"
 RATE = 10.0  # requests/s: a demand the loaded machine can still fit at full width
 SATURATED = 0.2  # idle cores below this: the machine is saturated by other work

@@ -4,7 +4,6 @@ and SIGTERM draining the gRPC calls in flight."""
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 
@@ -236,7 +235,7 @@ def test_sigterm_drains_the_grpc_calls_in_flight_and_refuses_new_ones():
         outcomes: list[tuple[str, float | str]] = []
         lock = threading.Lock()
 
-        def client() -> None:
+        def client(_: int) -> None:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = pb_grpc.GRPCInferenceServiceStub(channel)
                 for _ in range(400):  # bounded: ~120 s of calls; the drain ends it far sooner
@@ -254,19 +253,8 @@ def test_sigterm_drains_the_grpc_calls_in_flight_and_refuses_new_ones():
                     if outcome[0] != "OK":
                         return
 
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        for t in threads:
-            t.start()
-        for _ in range(300):  # until every client has had an answer or two (bounded: 30 s)
-            if len(outcomes) >= 2 * clients:
-                break
-            time.sleep(0.1)
-        s.proc.send_signal(signal.SIGTERM)
-        for t in threads:
-            t.join(60)
-        code = s.proc.wait(60)
-        log = s.output()
-    assert not any(t.is_alive() for t in threads), "a call hung after the drain started"
+        # SIGTERM once every client has had an answer or two
+        code, log = s.sigterm_under_load(client, clients, lambda: len(outcomes) >= 2 * clients)
     assert code == 0, log[-2000:]
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # and once it has exited
         assert _refused_grpc_call(channel, x) == grpc.StatusCode.UNAVAILABLE

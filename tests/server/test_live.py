@@ -85,7 +85,6 @@ def test_sigterm_during_load_answers_every_accepted_request(images):
     with live_server({"LCS_CONTROLLER_ENABLED": "0", "LCS_DRAIN_TIMEOUT_S": "20"}) as srv:
         outcomes: list[str] = []
         lock = threading.Lock()
-        started = threading.Event()
 
         def client(k: int):
             # A fresh connection per request: after SIGTERM, new connections are refused
@@ -105,23 +104,11 @@ def test_sigterm_during_load_answers_every_accepted_request(images):
                     outcome = f"broken {type(e).__name__}"
                 with lock:
                     outcomes.append(outcome)
-                started.set()
                 if outcome == "refused":
                     return
 
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        started.wait(10)
-        for _ in range(300):  # until the load is on (> 10 answers; bounded: 30 s), not 0.5 s
-            if outcomes.count("http 200") > 10:
-                break
-            time.sleep(0.1)
-        srv.proc.send_signal(signal.SIGTERM)
-        for t in threads:
-            t.join(60)
-        code = srv.proc.wait(30)
-        log = srv.output()
+        # SIGTERM once the load is on (> 10 answers), not after a fixed time
+        code, log = srv.sigterm_under_load(client, 8, lambda: outcomes.count("http 200") > 10)
     assert code == 0, log[-2000:]
     # Every request the server accepted (and so logged) reached its client as a response.
     # A connection whose request the server had not read yet when it shut down (still in the

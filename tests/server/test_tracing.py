@@ -18,10 +18,9 @@ from opentelemetry.trace import SpanKind
 
 from server import daemon as serving
 from server import tracing
-from server.app import create_app
 from server.metrics import Metrics
 from server.settings import Settings
-from tests.helpers import digits, encode, free_port
+from tests.helpers import digits, encode, free_port, in_process
 
 AUTH = {"Authorization": "Bearer trace"}
 OTEL_VARS = (
@@ -54,20 +53,9 @@ def exporter() -> InMemorySpanExporter:
 
 @asynccontextmanager
 async def running(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        **{"torch_threads": 1, "tier2_enabled": False, "controller_enabled": False}
-        | {"operator_token": "trace", "profile_levels": 2}
-        | overrides
-    )
-    app = create_app(settings)
-    d = await serving.start(settings, app.state.metrics)
-    app.state.daemon = d
-    try:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lcs") as client:
-            yield client
-    finally:
-        await serving.stop(d)
+    extra = {"tier2_enabled": False, "operator_token": "trace", "profile_levels": 2}
+    async with in_process(**extra | overrides) as (_, _, client):
+        yield client
 
 
 def png(i: int = 0) -> bytes:
