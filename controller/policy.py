@@ -26,10 +26,13 @@ class OperatorPolicy:
     latency_quantile: float = 0.95
     objective: str = "share"  # "share": a good neighbour's CPU share | "latency": the target only
     priority: float = 1.0  # weight of this model in the joint allocation
+    precision: str = "fp32"  # for fixed: the precision at that width (int8 once tier 2 has it)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if not (math.isfinite(self.priority) and self.priority >= 0):
@@ -536,7 +539,7 @@ def _operator_decision(p: PlantView) -> Decision | None:
     is outside them (both at once, no dwell); None when the policy may choose."""
     op, current = p.operator, p.state.alpha
     if op.mode == "fixed" and op.alpha is not None:
-        return Decision(op.alpha, "operator_fixed")
+        return Decision(op.alpha, "operator_fixed", op.precision)
     levels = allowed(op, p.profile)
     if levels[0] - 1e-9 <= current <= levels[-1] + 1e-9:
         return None
@@ -576,7 +579,7 @@ def static(r: Readings, p: PlantView, now: float) -> Decision:
     """Always the most accurate level the operator allows."""
     op = p.operator
     if op.mode == "fixed" and op.alpha is not None:
-        return Decision(op.alpha, "operator_fixed")
+        return Decision(op.alpha, "operator_fixed", op.precision)
     best = allowed(op, p.profile)[-1]
     return Decision(best, "hold" if best == p.state.alpha else "bounds")
 
