@@ -495,13 +495,16 @@ def latency_headroom(
             p, pick = plants[name], alloc[name]
             below = rank(pick.alpha, pick.precision) < rank(levels[-1])
             reason = "cpu_share" if below else why
+            # Where the model would stay: its point, or the top the caps and the latency
+            # target leave it when those already move it down.
             at = (p.state.alpha, p.state.precision)
-            if reason == "cpu_share" and rank(pick.alpha, pick.precision) < rank(*at):
-                # a move for CPU must pay: its demand (with the build) against staying
-                stay = demand(p, *at)
-                if pick.demand > (1.0 - t.min_cut) * stay:
-                    chosen[name] = (at[0], "cpu_share_no_gain", unreachable, at[1])
-                    continue
+            stay = at if rank(*at) <= rank(levels[-1]) else (levels[-1], "fp32")
+            moves = reason == "cpu_share" and rank(pick.alpha, pick.precision) < rank(*stay)
+            # a move for CPU must pay: its demand (with the build) against staying
+            if moves and pick.demand > (1.0 - t.min_cut) * demand(p, *stay):
+                held = "cpu_share_no_gain" if stay == at else why
+                chosen[name] = (stay[0], held, unreachable, stay[1])
+                continue
             chosen[name] = (pick.alpha, reason, unreachable, pick.precision)
     for name, (a, why, unreachable, precision) in chosen.items():
         out[name] = _settle(plants[name].state, a, why, unreachable, now, t, precision)

@@ -135,3 +135,20 @@ def test_each_points_latency_is_predicted_once_per_step(monkeypatch):
     latency_headroom(HOG, {"m": v}, 100.0)
     assert sorted(calls) == sorted(set(calls))  # none twice
     assert {a for a, _ in calls} == set(TIER1)
+
+
+def test_no_gain_never_holds_above_what_the_latency_target_allows():
+    # test_policy's seven levels (forward 1 … 7 ms): the latency target allows level 3 (2 ms
+    # overhead + 2 × forward ≤ 11 ms); 100 rps with no own-CPU figure cost 0.1 · (1 + i)
+    # cores, none fits the budget 0.08, and with min_cut 99 % no CPU move pays: the model
+    # goes to level 3 for latency, not held at the top.
+    prof = Profile([LevelPoint(i / 6, 0.25 + 0.125 * i, (1 + i) / 1e3, 0.9) for i in range(7)])
+    op = OperatorPolicy(latency_target_s=0.011)
+    fb = ModelFeedback(request_rate=100.0, overhead_s=0.002, forward_s=0.014)
+    r = Readings(time=0, cpu_count=2, cpu_available_cores=2.0, other_cpu_cores=1.9)
+    v = PlantView(op, prof, fb, PolicyState(1.0, 0.0))
+    d = latency_headroom(r, {"m": v}, 100.0, Tuning(min_cut=0.99))["m"]
+    assert d.alpha == pytest.approx(3 / 6) and d.reason == "latency"
+    # with the default minimum cut the CPU moves it on, to the cheapest level
+    d = latency_headroom(r, {"m": v}, 100.0)["m"]
+    assert (d.alpha, d.reason) == (0.0, "cpu_share")
