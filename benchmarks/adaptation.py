@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import tempfile
+import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -17,6 +20,29 @@ from benchmarks.common import save
 from tests.helpers import ROOT, digits, drive, encode, live_server, make_checkpoint
 
 TRAINED_C20 = ROOT / "models" / "weights" / "digits_cpreresnet20.safetensors"
+
+
+def drive_tiers(url: str, png: bytes, seconds: float) -> list[tuple[float, float, float, str]]:
+    """Sequential requests for `seconds`: (time sent, latency s, α, tier that served it)."""
+    out = []
+    end = time.monotonic() + seconds
+    with httpx.Client(base_url=url, timeout=30) as c:
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            r = c.post("/predict", content=png, headers={"content-type": "image/png"})
+            assert r.status_code == 200, r.text
+            level = r.json()["level"]
+            out.append((t0, time.monotonic() - t0, level["alpha"], level["tier"]))
+    return out
+
+
+def level_changes(url: str) -> dict[str, int]:
+    """The daemon's level changes so far, by reason (from /metrics; start-up left out)."""
+    text = httpx.get(url + "/metrics").text
+    pattern = r'^lcs_level_changes_total\{[^}]*reason="([^"]+)"[^}]*\} ([0-9.e+]+)$'
+    found = Counter({m[1]: int(float(m[2])) for m in re.finditer(pattern, text, re.M)})
+    found.pop("startup", None)
+    return dict(found)
 
 
 def summarise(samples, target_s: float, accuracy: dict[float, float]) -> dict[str, float]:
@@ -30,6 +56,8 @@ def summarise(samples, target_s: float, accuracy: dict[float, float]) -> dict[st
         "over_target": sum(x > target_s for x in lat) / len(lat),
         "mean_alpha": statistics.fmean(alphas),
     }
+    if samples and len(samples[0]) > 3:  # served on tier 1 (torch), not tier 2's session
+        row["tier1_share"] = sum(s[3] == "torch" for s in samples) / len(samples)
     if accuracy:
         near = [accuracy[min(accuracy, key=lambda a, x=x: abs(a - x))] for x in alphas]
         row["accuracy"] = statistics.fmean(near)
@@ -72,10 +100,11 @@ def run(name: str, env: dict[str, str], png: bytes, burners: list[int], seconds:
                     else None
                 )
                 try:
-                    samples = drive(srv.url, png, seconds)
+                    samples = drive_tiers(srv.url, png, seconds)
                 finally:
                     if burner:
                         burner.wait(60)
+                changes = level_changes(srv.url)
             # The first 3 s are the controller's reaction time; report the settled part.
             settled = [s for s in samples if s[0] - samples[0][0] > min(3.0, seconds / 2)]
             row = {
@@ -85,13 +114,16 @@ def run(name: str, env: dict[str, str], png: bytes, burners: list[int], seconds:
                 "target_ms": 1e3 * target,
                 "forward_fraction": forward_fraction,
                 **summarise(settled, target, accuracy),
+                "level_changes": changes,  # the whole run, by reason
             }
             rows.append(row)
             print(
                 f"{name:9} stress-ng --cpu {n}  {mode:8}  p50 {row['p50_ms']:7.2f} ms  "
                 f"p99 {row['p99_ms']:7.2f} ms  over {100 * row['over_target']:5.1f} %  "
                 f"mean α {row['mean_alpha']:.2f}"
-                + (f"  accuracy {100 * row['accuracy']:.1f} %" if "accuracy" in row else ""),
+                + (f"  accuracy {100 * row['accuracy']:.1f} %" if "accuracy" in row else "")
+                + f"  tier 1 {100 * row.get('tier1_share', 0):.0f} %"
+                + f"  moves {sum(changes.values())} {changes or ''}",
                 flush=True,
             )
     return rows

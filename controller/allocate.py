@@ -22,10 +22,13 @@ def allocate(options: Mapping[str, Sequence[Option]], budget: float) -> dict[str
     return {n: o.alpha for n, o in allocate_points(options, budget).items()}
 
 
-def allocate_points(options: Mapping[str, Sequence[Option]], budget: float) -> dict[str, Option]:
+def allocate_points(
+    options: Mapping[str, Sequence[Option]], budget: float, near: float = 0.0
+) -> dict[str, Option]:
     """One option per model maximising Σ value with Σ demand ≤ budget; among equal values the
     larger Σ α (the more accurate levels), then the more fp32 points. When no combination
-    fits, every model takes its cheapest option (the most accurate of the cheapest).
+    fits, every model takes its cheapest option, or the most accurate option whose demand is
+    within the fraction `near` of it (compressing further would save next to nothing).
 
     Exact: a dynamic programme over models that keeps only the Pareto frontier of partial
     choices (no other choice is cheaper and at least as good), so a few models of a dozen
@@ -44,7 +47,7 @@ def allocate_points(options: Mapping[str, Sequence[Option]], budget: float) -> d
             if d + o.demand <= budget + 1e-12
         ]
         if not grown:
-            return {n: _cheapest(options[n]) for n in names}
+            return {n: _cheapest(options[n], near) for n in names}
         grown.sort(key=lambda f: (f[0], -f[1], -f[2][0], -f[2][1]))
         frontier, best = [], None
         for f in grown:
@@ -55,5 +58,7 @@ def allocate_points(options: Mapping[str, Sequence[Option]], budget: float) -> d
     return dict(zip(names, top[3], strict=True))
 
 
-def _cheapest(opts: Sequence[Option]) -> Option:
-    return min(opts, key=lambda o: (o.demand, -o.alpha, o.precision != "fp32"))
+def _cheapest(opts: Sequence[Option], near: float = 0.0) -> Option:
+    least = min(o.demand for o in opts)
+    close = [o for o in opts if o.demand <= least * (1.0 + near) + 1e-12]
+    return min(close, key=lambda o: (-o.alpha, o.precision != "fp32", o.demand))

@@ -25,8 +25,10 @@ class CpuShare:
     itself (`count_niced=None`, the default, asks its niceness): otherwise that work runs at
     a lower priority and yields to the daemon, so it takes nothing from it. The daemon's own
     time is that of process `pid` and its live children (the tier-2 export worker), each from
-    its own /proc entry through psutil. Children are re-listed every `children_every_s`
-    (listing walks all of /proc; reading known pids is cheap)."""
+    its own /proc entry through psutil; a niced child's time (the export worker runs at nice
+    10) is counted only where niced time is: otherwise it was never in the busy time it would
+    be taken from, and other work would read that much lower. Children are re-listed every
+    `children_every_s` (listing walks all of /proc; reading known pids is cheap)."""
 
     def __init__(
         self,
@@ -96,7 +98,7 @@ class CpuShare:
         if self._proc is None:
             self._proc = self.ps.Process(self.pid)
         if now - self._listed_at >= self.children_every_s:
-            self._children = list(self._proc.children(recursive=True))
+            self._children = [c for c in self._proc.children(recursive=True) if self._counted(c)]
             self._listed_at = now
         t = self._proc.cpu_times()
         out = {self.pid: t.user + t.system}
@@ -110,3 +112,12 @@ class CpuShare:
             alive.append(c)
         self._children = alive
         return out
+
+    def _counted(self, child: Any) -> bool:
+        """Whether a child's time is in the busy time at all (see the class docstring)."""
+        if self.count_niced:
+            return True
+        try:
+            return bool(child.nice() <= 0)
+        except Exception:  # exited meanwhile, or no niceness here: as the parent
+            return True

@@ -7,6 +7,7 @@ import bisect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from controller.allocate import Option, allocate_points
 from controller.readings import ModelFeedback, Readings
@@ -25,10 +26,13 @@ class OperatorPolicy:
     latency_quantile: float = 0.95
     objective: str = "share"  # "share": a good neighbour's CPU share | "latency": the target only
     priority: float = 1.0  # weight of this model in the joint allocation
+    precision: str = "fp32"  # for fixed: the precision at that width (int8 once tier 2 has it)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if not (math.isfinite(self.priority) and self.priority >= 0):
@@ -70,10 +74,15 @@ def rank(alpha: float, precision: str = "fp32") -> tuple[float, int]:
 class Profile:
     """Forward latency per level. `measured(α)`, when it has a figure, overrides the profiled
     one: a level the server now runs on a faster path (an ONNX Runtime session, when cached)
-    is predicted at that speed, not at the speed it was profiled."""
+    is predicted at that speed, not at the speed it was profiled; a level it does not hold is
+    predicted on tier 1, where it is served after a move. `build_s(α)` is what a move to α
+    costs beyond serving it: the seconds of CPU its tier-2 session takes to build (0 when
+    held, or never built; None when the server has not measured a build yet); no `build_s`:
+    moves cost nothing (no tier 2)."""
 
     points: tuple[LevelPoint, ...]  # fp32: the levels every α-based rule works over
     measured: Callable[[float], float | None] | None = None
+    build_s: Callable[[float], float | None] | None = None
     variants: tuple[LevelPoint, ...] = ()  # the other precisions, at some of those widths
     _alphas: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
     has_accuracy: bool = field(default=False, init=False, repr=False, compare=False)
@@ -82,6 +91,7 @@ class Profile:
         self,
         points: Sequence[LevelPoint],
         measured: Callable[[float], float | None] | None = None,
+        build_s: Callable[[float], float | None] | None = None,
     ) -> None:
         fp32 = [p for p in points if p.precision == "fp32"]
         if not fp32:
@@ -91,6 +101,7 @@ class Profile:
         object.__setattr__(self, "points", pts)
         object.__setattr__(self, "variants", tuple(others))
         object.__setattr__(self, "measured", measured)
+        object.__setattr__(self, "build_s", build_s)
         # the controller's step reads these a few hundred times: computed once
         object.__setattr__(self, "_alphas", tuple(p.alpha for p in pts))
         object.__setattr__(self, "has_accuracy", all(p.accuracy is not None for p in pts))
@@ -148,12 +159,12 @@ class Profile:
         replaced): how tier 2's admitted int8 variants join it at run time."""
         keys = {(p.alpha, p.precision) for p in extra}
         kept = [p for p in (*self.points, *self.variants) if (p.alpha, p.precision) not in keys]
-        return Profile([*kept, *extra], self.measured)
+        return Profile([*kept, *extra], self.measured, self.build_s)
 
     def without(self, alpha: float, precision: str) -> Profile:
         """This profile less the variant (α, precision): tier 2 no longer holds it."""
         kept = [v for v in self.variants if (v.alpha, v.precision) != (alpha, precision)]
-        return Profile([*self.points, *kept], self.measured)
+        return Profile([*self.points, *kept], self.measured, self.build_s)
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,15 @@ class Tuning:
     settle_s: float = 2.0  # share: trust the daemon's own CPU this long after a level change
     k_min: float = 0.1  # share: the forward cost may be explained down to this much (batching)
     unreachable_gain: float = 0.25  # compress for an unreachable target only if it cuts 25 %
+    # share: compress for CPU only if it cuts the model's predicted demand by 10 %. Under a
+    # saturating hog the free CPU is about the daemon's own use, so no level ever fits; a
+    # model whose requests are mostly overhead (the digit CNN: forward 13 %) would otherwise
+    # move for a cut of a few per cent, and serve from tier 1 until tier 2 holds the level.
+    min_cut: float = 0.10
+    near_cheapest: float = 0.05  # share, nothing fits: compress no further than within 5 %
+    # of the cheapest point (further cuts are immaterial)
+    switch_horizon_s: float = 10.0  # share: a move pays back its tier-2 build over this long
+    switch_build_s: float = 0.3  # the build's CPU seconds until the server has measured one
 
 
 # A policy decides every model at once (they share one machine): readings, plants by name, now.
@@ -294,7 +314,12 @@ def predicted_latency(r: Readings, p: PlantView, alpha: float, precision: str = 
     return overhead + profile.point_latency(alpha, precision) * slow
 
 
-def candidates(r: Readings, p: PlantView, t: Tuning) -> tuple[list[float], str | None, bool]:
+def candidates(
+    r: Readings,
+    p: PlantView,
+    t: Tuning,
+    latency: Callable[[float], float] | None = None,
+) -> tuple[list[float], str | None, bool]:
     """The levels a model may take now, the reason the best of them is below the operator's
     top (None if it is not) and whether the latency target is out of reach.
 
@@ -302,7 +327,8 @@ def candidates(r: Readings, p: PlantView, t: Tuning) -> tuple[list[float], str |
     accuracy must be predicted within `up_margin` of it). When no level meets the target,
     compression is used only if it buys a real cut (`unreachable_gain`); a model whose
     requests are mostly overhead is not compressed for nothing. Under the share objective a
-    model without traffic has no latency to protect: the target does not apply."""
+    model without traffic has no latency to protect: the target does not apply. `latency(α)`:
+    the predicted request latency (`predicted_latency` unless given)."""
     levels = allowed(p.operator, p.profile)
     current = p.state.alpha
     cap = resource_cap(r, levels, t, current)
@@ -310,7 +336,7 @@ def candidates(r: Readings, p: PlantView, t: Tuning) -> tuple[list[float], str |
     why = cap[1] if cap is not None and capped[-1] < levels[-1] - 1e-9 else None
     if p.operator.objective == "share" and p.feedback.request_rate <= 0:
         return capped, why, False
-    pred = {a: predicted_latency(r, p, a) for a in capped}
+    pred = {a: predicted_latency(r, p, a) if latency is None else latency(a) for a in capped}
     target = p.operator.latency_target_s
     ok = [a for a in capped if pred[a] <= target * (1.0 if a <= current + 1e-9 else t.up_margin)]
     if ok:
@@ -357,18 +383,32 @@ def calibrate(
     return min(k, float(max(1, r.cpu_count or 1))), overhead / rate
 
 
-def rate_at(r: Readings, p: PlantView, alpha: float) -> float:
+def rate_at(r: Readings, p: PlantView, alpha: float, latency_s: float | None = None) -> float:
     """The request rate a model would see at α. Clients that keep requests in flight (a closed
     loop: each sends again when its answer arrives) run at in-flight / latency (Little's law),
     so at a slower, more accurate level they ask for less than the rate seen now; without this
     the rate a compressed level allows reads as demand at the wide level, which then never
     fits and the level never recovers. Under one request in flight on average the traffic is
-    taken as paced, whose rate does not depend on the level."""
+    taken as paced, whose rate does not depend on the level. `latency_s`: the predicted
+    latency at α, when the caller has it already."""
     fb = p.feedback
     n = fb.concurrency
     if n is None or n < 1.0 or alpha <= p.state.alpha + 1e-9:
         return fb.request_rate
-    return min(fb.request_rate, n / predicted_latency(r, p, alpha))
+    if latency_s is None:
+        latency_s = predicted_latency(r, p, alpha)
+    return min(fb.request_rate, n / latency_s)
+
+
+def switch_cores(p: PlantView, alpha: float, precision: str, t: Tuning) -> float:
+    """What a move to (α, precision) costs, in cores over `switch_horizon_s`: the CPU its
+    tier-2 session takes to build (none to stay, none for a point tier 2 holds)."""
+    same = abs(alpha - p.state.alpha) <= 1e-9 and precision == p.state.precision
+    build = p.profile.build_s
+    if same or build is None or precision != "fp32":  # a variant is offered only when held
+        return 0.0
+    seconds = build(alpha)
+    return (t.switch_build_s if seconds is None else seconds) / t.switch_horizon_s
 
 
 def accuracy(profile: Profile, alpha: float) -> float:
@@ -390,11 +430,28 @@ def latency_headroom(
     maximises Σ priority × request rate × accuracy over points (α, and its int8 variant
     where tier 2 admitted one). Fixed, out-of-bounds and
     latency-objective models are settled first and their demand comes off the budget. A
-    move toward accuracy must fit with `cpu_up_margin` to spare; dwell keeps it steady."""
+    move toward accuracy must fit with `cpu_up_margin` to spare; dwell keeps it steady.
+
+    A point's demand is predicted on the tier it would be served on (tier 2's session where
+    it holds one, else tier 1) plus the CPU of building its session, paid back over
+    `switch_horizon_s`. When no combination fits, a model compresses no further than
+    `near_cheapest` from its cheapest point, and a move for CPU must cut its demand by
+    `min_cut`, or it holds (`cpu_share_no_gain`): a cut of a few per cent is not worth
+    leaving a settled tier-2 session for."""
     k, o = calibrate(r, plants, now, t)
+    # Per step, each (model, point)'s latency is predicted once: the knapsack, the rate a
+    # closed loop would send and GET /level's figures all read it.
+    memo: dict[tuple[int, float, str], float] = {}
+
+    def latency(p: PlantView, a: float, precision: str = "fp32") -> float:
+        key = (id(p), a, precision)
+        if key not in memo:
+            memo[key] = predicted_latency(r, p, a, precision)
+        return memo[key]
 
     def demand(p: PlantView, a: float, precision: str = "fp32") -> float:
-        return rate_at(r, p, a) * (o + k * p.profile.point_latency(a, precision))
+        rate = rate_at(r, p, a, latency(p, a) if a > p.state.alpha + 1e-9 else None)
+        return rate * (o + k * p.profile.point_latency(a, precision))
 
     free = r.cpu_free_cores
     budget = math.inf if free is None else free * (1.0 - t.cpu_headroom)
@@ -407,7 +464,7 @@ def latency_headroom(
             out[name] = settled
             budget -= demand(p, settled.alpha)
             continue
-        levels, why, unreachable = candidates(r, p, t)
+        levels, why, unreachable = candidates(r, p, t, partial(latency, p))
         if p.operator.objective == "share":
             shared[name] = (levels, why, unreachable)
         else:
@@ -421,9 +478,10 @@ def latency_headroom(
             if pt.precision != "fp32" and pt.accuracy is not None:
                 # never above its own width: an excess is the noise of a finite split
                 value = min(value, pt.accuracy)
+            cost = demand(p, pt.alpha, pt.precision) + switch_cores(p, pt.alpha, pt.precision, t)
             return Option(
                 pt.alpha,
-                demand(p, pt.alpha, pt.precision) / (t.cpu_up_margin if up else 1.0),
+                cost / (t.cpu_up_margin if up else 1.0),
                 p.operator.priority * p.feedback.request_rate * value,
                 pt.precision,
             )
@@ -432,14 +490,25 @@ def latency_headroom(
             name: [option(plants[name], pt) for pt in points(plants[name].profile, levels)]
             for name, (levels, _, _) in shared.items()
         }
-        alloc = allocate_points(options, max(0.0, budget))
+        alloc = allocate_points(options, max(0.0, budget), near=t.near_cheapest)
         for name, (levels, why, unreachable) in shared.items():
-            pick = alloc[name]
+            p, pick = plants[name], alloc[name]
             below = rank(pick.alpha, pick.precision) < rank(levels[-1])
-            chosen[name] = (pick.alpha, "cpu_share" if below else why, unreachable, pick.precision)
+            reason = "cpu_share" if below else why
+            # Where the model would stay: its point, or the top the caps and the latency
+            # target leave it when those already move it down.
+            at = (p.state.alpha, p.state.precision)
+            stay = at if rank(*at) <= rank(levels[-1]) else (levels[-1], "fp32")
+            moves = reason == "cpu_share" and rank(pick.alpha, pick.precision) < rank(*stay)
+            # a move for CPU must pay: its demand (with the build) against staying
+            if moves and pick.demand > (1.0 - t.min_cut) * demand(p, *stay):
+                held = "cpu_share_no_gain" if stay == at else why
+                chosen[name] = (stay[0], held, unreachable, stay[1])
+                continue
+            chosen[name] = (pick.alpha, reason, unreachable, pick.precision)
     for name, (a, why, unreachable, precision) in chosen.items():
         out[name] = _settle(plants[name].state, a, why, unreachable, now, t, precision)
-    return {name: _predicted(out[name], r, p, demand) for name, p in plants.items()}
+    return {name: _predicted(out[name], p, demand, latency) for name, p in plants.items()}
 
 
 def points(profile: Profile, levels: Sequence[float]) -> list[LevelPoint]:
@@ -456,12 +525,15 @@ def points(profile: Profile, levels: Sequence[float]) -> list[LevelPoint]:
 
 
 def _predicted(
-    d: Decision, r: Readings, p: PlantView, demand: Callable[[PlantView, float, str], float]
+    d: Decision,
+    p: PlantView,
+    demand: Callable[[PlantView, float, str], float],
+    latency: Callable[[PlantView, float, str], float],
 ) -> Decision:
     return replace(
         d,
         demand_cores=demand(p, d.alpha, d.precision),
-        latency_s=predicted_latency(r, p, d.alpha, d.precision),
+        latency_s=latency(p, d.alpha, d.precision),
     )
 
 
@@ -470,7 +542,7 @@ def _operator_decision(p: PlantView) -> Decision | None:
     is outside them (both at once, no dwell); None when the policy may choose."""
     op, current = p.operator, p.state.alpha
     if op.mode == "fixed" and op.alpha is not None:
-        return Decision(op.alpha, "operator_fixed")
+        return Decision(op.alpha, "operator_fixed", op.precision)
     levels = allowed(op, p.profile)
     if levels[0] - 1e-9 <= current <= levels[-1] + 1e-9:
         return None
@@ -499,6 +571,8 @@ def _settle(
         if since < t.dwell_down_s:
             return hold
         return Decision(alpha, why or "cpu_share", precision)
+    if why == "cpu_share_no_gain":  # CPU is short, but compressing would not give it back
+        return replace(hold, reason=why)
     return replace(hold, reason="target_unreachable" if unreachable else "hold")
 
 
@@ -508,7 +582,7 @@ def static(r: Readings, p: PlantView, now: float) -> Decision:
     """Always the most accurate level the operator allows."""
     op = p.operator
     if op.mode == "fixed" and op.alpha is not None:
-        return Decision(op.alpha, "operator_fixed")
+        return Decision(op.alpha, "operator_fixed", op.precision)
     best = allowed(op, p.profile)[-1]
     return Decision(best, "hold" if best == p.state.alpha else "bounds")
 

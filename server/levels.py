@@ -135,7 +135,7 @@ class LevelState:
         """An operator's policy wins over the controller: fixed moves now, bounds clamp now."""
         self.policy, self.audit = policy, audit
         if policy.mode == "fixed" and policy.alpha is not None:
-            await self.switch(policy.alpha, "operator_fixed", "fp32")
+            await self.switch(policy.alpha, "operator_fixed", policy.precision)
             return
         alpha = self.current.alpha
         lo = policy.min_alpha if policy.min_alpha is not None else alpha

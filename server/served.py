@@ -128,7 +128,12 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
         model.profile = await measure_profile(model, s.profile_levels)
         tier2 = model.tier2
         # Tier 1 profiled at load; a level tier 2 holds is predicted at tier 2's speed.
-        service.profile = Profile(model.profile, measured=None if tier2 is None else tier2.latency)
+        # A move to a level tier 2 does not hold also costs the CPU of building its session.
+        service.profile = (
+            Profile(model.profile)
+            if tier2 is None
+            else Profile(model.profile, measured=tier2.latency, build_s=tier2.build_seconds)
+        )
         if tier2 is not None:
             tier2.on_int8 = lambda p: _int8_point(model, p)
             tier2.on_int8_gone = lambda alpha: _int8_gone(model, alpha)

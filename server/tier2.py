@@ -221,6 +221,10 @@ class Tier2:
         # serving): not tried again, so a refused level costs one export, not one per visit.
         self._refused: set[float] = set()
         self._generation = 0  # bumped by every level change: a settle timer knows if it is stale
+        # The fastest preparation so far (export, session, check), in seconds: what a move to a
+        # level not held costs the controller. The fastest, since under contention a build
+        # waits for the CPU (the export runs at nice 10) far longer than it uses it.
+        self.fastest_build_s: float | None = None
         self._logged: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Seams for failure injection in tests.
@@ -351,7 +355,10 @@ class Tier2:
             return verified(level, session, model, x, reference, self.tolerance)
 
         prepared = await loop.run_in_executor(self._session_pool, open_and_verify)
-        self.metrics.tier2_prepare.observe(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.metrics.tier2_prepare.observe(seconds)
+        if self.fastest_build_s is None or seconds < self.fastest_build_s:
+            self.fastest_build_s = seconds
         return prepared, model
 
     async def _prepare_int8(self, level: Level, model: bytes, cfg: Int8) -> None:
@@ -476,6 +483,14 @@ class Tier2:
         """How fast α is served now, if tier 2 holds it: a switch to it is a cache hit."""
         p = (self.int8_cache if precision == "int8" else self.cache).get(alpha)
         return None if p is None else p.latency_s
+
+    def build_seconds(self, alpha: float) -> float | None:
+        """CPU seconds a move to α would spend building its session (the controller weighs a
+        move by it): none when it is held, being prepared or refused for good, else the
+        fastest build so far; None before the first (the controller then assumes a figure)."""
+        if alpha in self.cache or alpha in self._pending or alpha in self._refused:
+            return 0.0
+        return self.fastest_build_s
 
     @property
     def cached_bytes(self) -> int:

@@ -36,6 +36,11 @@ class LevelPolicy(BaseModel):
         None, description="auto: 'share' (a good neighbour's CPU) or 'latency' (the target only)"
     )
     priority: float | None = Field(None, ge=0, le=1e6, description="weight across models")
+    precision: Literal["fp32", "int8"] | None = Field(
+        None,
+        description="fixed: the precision at that width; int8 needs tier 2 with LCS_TIER2_INT8=1"
+        " and is served once tier 2 has admitted the width's variant (fp32 until then)",
+    )
     reason: str = Field("", max_length=200, description="why, for the log")
 
     @model_validator(mode="after")
@@ -44,6 +49,8 @@ class LevelPolicy(BaseModel):
             raise ValueError("mode 'fixed' needs exactly one of 'gamma' or 'alpha'")
         if self.mode == "auto" and (self.gamma is not None or self.alpha is not None):
             raise ValueError("mode 'auto' takes bounds (min_/max_gamma or _alpha), not a level")
+        if self.mode == "auto" and self.precision is not None:
+            raise ValueError("mode 'auto' chooses the precision itself; 'precision' is for fixed")
         return self
 
 
@@ -75,6 +82,10 @@ async def put_model_level(
 async def _put(d: DaemonDep, name: str | None, body: LevelPolicy, who: str) -> dict[str, Any]:
     model = d.registry.get(name)
     s = d.settings
+    if body.precision == "int8" and not (s.tier2_enabled and s.tier2_int8):
+        raise HTTPException(
+            422, "precision 'int8' needs tier 2 with int8 variants on (LCS_TIER2_INT8=1)"
+        )
     try:
         policy = to_operator_policy(model, body, s.latency_target_ms / 1e3, s.controller_objective)
     except ValueError as e:  # the policy record's own checks
@@ -126,7 +137,8 @@ def to_operator_policy(
         if alpha is None:
             alpha = alpha_of(body.gamma, "gamma")
         assert alpha is not None  # the model validator asked for one of them
-        return replace(common, mode="fixed", alpha=calc.clamp(alpha))
+        precision = body.precision or "fp32"
+        return replace(common, mode="fixed", alpha=calc.clamp(alpha), precision=precision)
     lo = check_alpha(body.min_alpha, "min_alpha")
     hi = check_alpha(body.max_alpha, "max_alpha")
     g_lo, g_hi = alpha_of(body.min_gamma, "min_gamma"), alpha_of(body.max_gamma, "max_gamma")

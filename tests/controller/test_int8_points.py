@@ -147,3 +147,14 @@ def test_a_latency_ceiling_the_int8_point_meets_keeps_it():
     # a 2.5 ms ceiling: only fp32 at α = 0 (1 + 1 ms) meets it
     got = hinted_point(PROFILE, op, 1.0, "int8", max_latency_s=0.0025, predict=predict)
     assert got == (0.0, "fp32")
+
+
+def test_a_fixed_policy_keeps_the_operators_precision():
+    prof = Profile([LevelPoint(0.0, 0.25, 1e-3, 0.9), LevelPoint(1.0, 1.0, 2e-3, 0.95)])
+    for precision in ("int8", "fp32"):
+        op = OperatorPolicy(mode="fixed", alpha=1.0, precision=precision)
+        v = PlantView(op, prof, ModelFeedback(request_rate=10.0), PolicyState(1.0, 0.0))
+        d = latency_headroom(Readings(time=0), {"m": v}, 10.0)["m"]
+        assert (d.alpha, d.reason, d.precision) == (1.0, "operator_fixed", precision)
+    with pytest.raises(ValueError, match="precision"):
+        OperatorPolicy(mode="fixed", alpha=1.0, precision="int4")

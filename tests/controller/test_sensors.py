@@ -316,3 +316,35 @@ def test_the_daemons_children_count_as_its_own_cpu_on_this_kernel():
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.parametrize(("my_nice", "expected"), [(0, (0.5, 0.3)), (10, (1.3, 0.5))])
+def test_a_niced_child_is_counted_only_where_niced_time_is(tmp_path, my_nice, expected):
+    # The tier-2 export worker runs at nice 10: its time lands in /proc/stat's nice column.
+    # A daemon at nice 0 ignores that column, so the child's 0.2 s must not be taken off
+    # the busy time either (other work would read 0.3 core, not 0.5); a niced daemon
+    # counts both.
+    from controller.cpushare import CpuShare
+
+    def stat_line(user, nice):
+        return f"cpu0 {user} {nice} 0 1000 0 0 0 0 0 0\n"
+
+    proc = tmp_path / "proc"
+    write(proc, "stat", stat_line(0, 0))
+    clock = {"t": 0.0}
+    child = FakeProcess(11, [0.0, 0.2])
+    child.nice = lambda: my_nice + 10
+    me = FakeProcess(10, [0.0, 0.3], children=[child])
+    me.nice = lambda: my_nice
+    ps = FakePsutil()
+    ps.Process = lambda pid: me
+    share = CpuShare(
+        proc_root=str(proc), ps=ps, pid=10, cpus=lambda: {0}, clock=lambda: clock["t"],
+        tau_s=1e-9, clk_tck=100,
+    )  # fmt: skip
+    share.sample()
+    # in 1 s: 0.8 core at nice 0 (the daemon's 0.3 and others' 0.5), 1.0 niced (the
+    # child's 0.2 and others' 0.8)
+    write(proc, "stat", stat_line(80, 100))
+    clock["t"] = 1.0
+    assert share.sample() == pytest.approx(expected)

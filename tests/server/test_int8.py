@@ -150,3 +150,32 @@ def test_int8_off_prepares_no_variant():
             assert rt.tier2.int8_cache == {} and rt.service.profile.variants == ()
 
     asyncio.run(main())
+
+
+def test_an_operator_fixes_the_precision_with_put_level():
+    async def main() -> None:
+        # int8 variants on, but none prepared (the settle delay outlasts the test)
+        async with with_daemon(tier2_settle_s=600.0) as (_, rt, client):
+            alpha = rt.level.current.alpha
+            body = {"mode": "fixed", "alpha": alpha, "precision": "int8"}
+            r = await client.put("/level", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["policy"]["precision"] == "int8" and rt.level.precision == "int8"
+            # asked for, not admitted yet: fp32 serves until tier 2 holds the variant
+            assert r.json()["precision"] == "fp32"
+            assert (await post(client))["level"]["precision"] == "fp32"
+            # a fixed policy without a precision means fp32 again
+            r = await client.put("/level", json={"mode": "fixed", "alpha": alpha})
+            assert r.json()["policy"]["precision"] == "fp32" and rt.level.precision == "fp32"
+            auto = await client.put("/level", json={"mode": "auto", "precision": "int8"})
+            assert auto.status_code == 422 and "chooses the precision" in auto.text
+            bad = await client.put("/level", json={**body, "precision": "int4"})
+            assert bad.status_code == 422
+
+        async with with_daemon(tier2_int8=False, tier2_settle_s=600.0) as (_, rt, client):
+            body = {"mode": "fixed", "alpha": rt.level.current.alpha, "precision": "int8"}
+            r = await client.put("/level", json=body)
+            assert r.status_code == 422 and "LCS_TIER2_INT8=1" in r.text
+            assert rt.level.precision == "fp32"
+
+    asyncio.run(main())

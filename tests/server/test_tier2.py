@@ -354,6 +354,14 @@ def test_a_prepared_level_carries_its_measured_latency_into_the_profile():
             await until(lambda: rt.service.tier() == "onnx")
             top, other = rt.level.current.alpha, rt.level.calc.grid(7)[0]
             level = (await client.get("/level")).json()
+            # What a move costs the controller: nothing to a held level; the one build so
+            # far (the metric's only observation) to any other.
+            built = sample(rt, "lcs_tier2_prepare_duration_seconds_sum")
+            assert sample(rt, "lcs_tier2_prepare_duration_seconds_count") == 1
+            assert rt.tier2.build_seconds(top) == 0.0
+            assert rt.tier2.build_seconds(other) == pytest.approx(built) and built > 0
+            build_s = rt.service.profile.build_s
+            assert build_s is not None and build_s(other) == rt.tier2.build_seconds(other)
             return rt.tier2.latency(top), rt.tier2.latency(other), level
 
     held, not_held, level = asyncio.run(main())
