@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import re
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,8 +19,8 @@ import numpy as np
 import psutil
 
 from benchmarks.common import RESULTS, machine
+from tests.helpers import live_server
 
-ROOT = Path(__file__).resolve().parents[1]
 INFER = "/v2/models/digits/infer"
 # A sample belongs to the first component found walking from its innermost frame outward, so
 # json.loads under oip.parse_http is "OIP parse", and a lock under Engine submit is "engine hop".
@@ -34,11 +33,13 @@ COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
         (
             "engine hop (submit, wake, result)",
             r"ThreadPoolExecutor\.submit|_WorkItem\.run|Future\.set_result|_chain_future"
-            r"|call_soon_threadsafe|Engine\.",
+            r"|call_soon_threadsafe|server/engine\.py",
         ),
+        ("inference service (admit, results)", r"server/inference\.py"),
         ("metrics (prometheus_client)", r"prometheus_client"),
         ("access log", r"logging/|server/logs\.py"),
         ("controller", r"controller/"),
+        ("lcs routes (hot path, handlers)", r"server/routes/"),
         ("lcs middleware", r"server/middleware\.py"),
         ("FastAPI/Starlette routing + deps", r"fastapi/|starlette/|anyio/"),
         ("uvicorn HTTP parsing", r"uvicorn/|server/main\.py|httptools"),
@@ -94,31 +95,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
+    p.add_argument("--out", type=Path, default=RESULTS / "request_profile.json")
     args = p.parse_args()
-    port = 18700
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "LCS_PORT": str(port), "LCS_HOST": "127.0.0.1", "LCS_GRPC_PORT": "0",
-           "LCS_LOG_LEVEL": "warning", "LCS_TORCH_THREADS": "1"}  # fmt: skip
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env, start_new_session=True
-    )
+    env = {"LCS_GRPC_PORT": "0", "LCS_LOG_LEVEL": "warning"}
     raw = Path(tempfile.mkdtemp()) / "profile.txt"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with live_server(env, timeout=120) as server:
+        url = server.url
         tier = wait_tier2(url)
         done: list[float] = []
         client = threading.Thread(target=drive, args=(url, args.seconds + 4, done))
         client.start()
         time.sleep(1.0)  # the client is in its stride before sampling starts
-        proc = psutil.Process(server.pid)
+        proc = psutil.Process(server.proc.pid)
         cpu0 = sum(proc.cpu_times()[:2])
         subprocess.run(
-            ["py-spy", "record", "-p", str(server.pid), "-r", str(args.rate), "-d",
+            [_py_spy(), "record", "-p", str(server.proc.pid), "-r", str(args.rate), "-d",
              str(int(args.seconds)), "-f", "raw", "-o", str(raw), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
         )  # fmt: skip
@@ -127,18 +118,20 @@ def main() -> None:
         client.join()
         # py-spy samples for `seconds` once attached: the window ends when it exits.
         requests = sum(1 for t in done if stopped - args.seconds <= t <= stopped)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
     total = 1e6 * cpu / requests  # the daemon process's CPU, all threads, user + system
     per = summarise(raw, total)
     out = {"machine": machine(), "tier": tier, "requests": requests, "seconds": args.seconds,
            "cpu_us_per_request": total, "components": per}  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "request_profile.json").write_text(json.dumps(out, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
     print(f"{requests} requests in {args.seconds:g} s on tier {tier}: {total:.0f} µs of CPU each")
     for name, us in per.items():
         print(f"{us:8.1f} µs  {name}")
+
+
+def _py_spy() -> str:
+    """py-spy from PATH, else beside this interpreter (the venv's bin is often not on PATH)."""
+    return shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
 
 
 def summarise(raw: Path, total_us: float) -> dict[str, float]:

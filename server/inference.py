@@ -158,7 +158,10 @@ class InferenceService:
         engine = self.engine
         level = None if alpha is None else await self.level.level_at(alpha)
         with tracing.model(self.metrics.name):  # queued requests carry it to their spans
-            results = await asyncio.gather(*(engine.infer(x, deadline, level) for x in xs))
+            if len(xs) == 1:  # gather would wrap the lone call in a task of its own
+                results = [await engine.infer(xs[0], deadline, level)]
+            else:
+                results = await asyncio.gather(*(engine.infer(x, deadline, level) for x in xs))
         for r in results:
             self.metrics.queue_wait.observe(r.queue_s)
         return list(results)
