@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -53,15 +56,60 @@ Forward = Callable[[torch.Tensor, Level | None], tuple[torch.Tensor, Level, str,
 Observer = Callable[[int, float, str], None]  # (batch size, forward seconds, tier)
 
 
-def inference_executor(threads: int) -> ThreadPoolExecutor:
+def inference_executor(threads: int) -> InferenceThread:
     """The one thread every forward pass runs on, with torch's intra-op threads set on it:
     two models never run at once and oversubscribe the cores."""
-    return ThreadPoolExecutor(
-        1,
-        thread_name_prefix="lcs-inference",
-        initializer=torch.set_num_threads,
-        initargs=(threads,),
-    )
+    return InferenceThread(threads)
+
+
+class InferenceThread(ThreadPoolExecutor):
+    """One worker thread fed by a SimpleQueue. call(fn) queues work with no Future: the
+    engines' batches, which hand their results back themselves (a ThreadPoolExecutor's
+    submit makes a Future, a Condition and a work item per batch, and wakes its worker
+    through a semaphore). submit() is there for run_in_executor (warm-up, profiling). A
+    ThreadPoolExecutor by type only (what the daemon declares): none of its workers start,
+    every method that would start one is overridden here."""
+
+    def __init__(self, threads: int) -> None:
+        super().__init__(1, thread_name_prefix="lcs-inference")
+        self._queue: queue.SimpleQueue[tuple[Callable[[], object], Future[object] | None] | None]
+        self._queue = queue.SimpleQueue()
+        self._cancel = False
+        self._thread = threading.Thread(
+            target=self._work, args=(threads,), name="lcs-inference", daemon=True
+        )
+        self._thread.start()
+
+    def call(self, fn: Callable[[], object]) -> None:
+        self._queue.put((fn, None))
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((functools.partial(fn, *args, **kwargs), future))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._cancel = self._cancel or cancel_futures
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
+
+    def _work(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        while (job := self._queue.get()) is not None:
+            fn, future = job
+            if future is None:
+                if not self._cancel:
+                    fn()  # an engine's drain: it reports its own errors to its requests
+                continue
+            if self._cancel:
+                future.cancel()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as e:
+                future.set_exception(e)
 
 
 class Engine:
@@ -145,7 +193,13 @@ class Engine:
 
     def _submit(self) -> None:
         self._timer = None
-        self._executor.submit(self._drain)
+        self._queue_drain()
+
+    def _queue_drain(self) -> None:
+        if isinstance(self._executor, InferenceThread):
+            self._executor.call(self._drain)
+        else:  # any other executor (tests): the same job through its submit
+            self._executor.submit(self._drain)
 
     # On the inference thread.
 
@@ -167,7 +221,7 @@ class Engine:
             self._run_group(group)
         with self._lock:
             if self._pending and not self._stopped:
-                self._executor.submit(self._drain)
+                self._queue_drain()
             else:
                 self._scheduled = False
 
