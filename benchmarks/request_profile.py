@@ -48,7 +48,9 @@ COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
 ]
 # Leaves where a thread waits in C (py-spy cannot tell these from work): uvloop's run loop in
 # epoll, an idle pool worker in its queue's get. Their CPU is in the process total below.
-WAITING = re.compile(r"^(Runner\.run|_worker|Condition\.wait|Queue\.get|Event\.wait) ")
+WAITING = re.compile(
+    r"^(Runner\.run|_worker|InferenceThread\._work|Condition\.wait|Queue\.get|Event\.wait) "
+)
 
 
 def classify(frames: list[str]) -> str | None:
@@ -108,6 +110,7 @@ def main() -> None:
         time.sleep(1.0)  # the client is in its stride before sampling starts
         proc = psutil.Process(server.proc.pid)
         cpu0 = sum(proc.cpu_times()[:2])
+        loop0 = _thread_cpu(proc, proc.pid)
         subprocess.run(
             [_py_spy(), "record", "-p", str(server.proc.pid), "-r", str(args.rate), "-d",
              str(int(args.seconds)), "-f", "raw", "-o", str(raw), "--nonblocking"],
@@ -115,18 +118,29 @@ def main() -> None:
         )  # fmt: skip
         stopped = time.monotonic()
         cpu = sum(proc.cpu_times()[:2]) - cpu0
+        loop = _thread_cpu(proc, proc.pid) - loop0
         client.join()
         # py-spy samples for `seconds` once attached: the window ends when it exits.
         requests = sum(1 for t in done if stopped - args.seconds <= t <= stopped)
     total = 1e6 * cpu / requests  # the daemon process's CPU, all threads, user + system
+    # The event loop's own share (the main thread): what bounds throughput under concurrency.
+    on_loop = 1e6 * loop / requests
     per = summarise(raw, total)
     out = {"machine": machine(), "tier": tier, "requests": requests, "seconds": args.seconds,
-           "cpu_us_per_request": total, "components": per}  # fmt: skip
+           "cpu_us_per_request": total, "loop_thread_cpu_us_per_request": on_loop,
+           "components": per}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
-    print(f"{requests} requests in {args.seconds:g} s on tier {tier}: {total:.0f} µs of CPU each")
+    print(f"{requests} requests in {args.seconds:g} s on tier {tier}: {total:.0f} µs of CPU each"
+          f" ({on_loop:.0f} µs of it on the event loop's thread)")  # fmt: skip
     for name, us in per.items():
         print(f"{us:8.1f} µs  {name}")
+
+
+def _thread_cpu(proc: psutil.Process, tid: int) -> float:
+    """One thread's CPU seconds so far, user + system."""
+    t = next(t for t in proc.threads() if t.id == tid)
+    return t.user_time + t.system_time
 
 
 def _py_spy() -> str:

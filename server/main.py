@@ -11,7 +11,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, ClassVar
@@ -24,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from models.checkpoint import CheckpointError
 from server import logs
 from server.app import check_checkpoints, create_app
-from server.middleware import ANSWERED, ARRIVAL, request_id, request_id_from
+from server.middleware import ANSWERED, ARRIVAL, new_request_id, request_id, request_id_from
 from server.settings import Settings, add_arguments, from_args
 
 __all__ = ["add_arguments", "run"]
@@ -129,7 +128,7 @@ class LimitedProtocol(HttpToolsProtocol):
         """The ID the app gave this request, else the client's if its headers got that far and
         it is valid, else a new one: answers written here carry X-Request-ID like the app's."""
         if self._phase not in ("headers", "body"):  # no request, or the last one's headers
-            return uuid.uuid4().hex
+            return new_request_id()
         given = self.scope.get("state", {}).get("request_id")
         return given if isinstance(given, str) else request_id_from(self.headers)
 
