@@ -205,13 +205,20 @@ class Engine:
 
     def _drain(self) -> None:
         """One batch: what is waiting now, up to max_batch, requests at the same level
-        together; then the next batch is queued behind any other engine's."""
+        together. What is left queues the next batch, behind any other engine's; requests
+        arriving meanwhile queue their own. Settled before the forward pass, so the thread's
+        last act is to hand the results over and it lets go of the GIL at once for the loop
+        it has just woken."""
         batch: list[_Item] = []
         with self._lock:
             while self._pending and len(batch) < self.max_batch:
                 item = self._pending.popleft()
                 if not item.future.done():  # expired or abandoned: never computed
                     batch.append(item)
+            if self._pending and not self._stopped:
+                self._queue_drain()
+            else:
+                self._scheduled = False
         groups: dict[int, list[_Item]] = {}
         for item in batch:
             groups.setdefault(id(item.level), []).append(item)
@@ -219,11 +226,6 @@ class Engine:
             if self._stopped:
                 break
             self._run_group(group)
-        with self._lock:
-            if self._pending and not self._stopped:
-                self._queue_drain()
-            else:
-                self._scheduled = False
 
     def _run_group(self, batch: list[_Item]) -> None:
         """Everything a batch costs besides resolving its futures, so the event loop (what
