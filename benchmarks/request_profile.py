@@ -19,9 +19,13 @@ import numpy as np
 import psutil
 
 from benchmarks.common import RESULTS, machine
-from tests.helpers import live_server
+from tests.helpers import digits, encode, live_server
 
-INFER = "/v2/models/digits/infer"
+# The route each --api drives (its body: request() below).
+REQUESTS = {
+    "oip": "/v2/models/digits/infer",  # OIP v2 JSON, one 28×28 tensor
+    "predict": "/predict",  # one PNG digit
+}
 # A sample belongs to the first component found walking from its innermost frame outward, so
 # json.loads under oip.parse_http is "OIP parse", and a lock under Engine submit is "engine hop".
 COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
@@ -30,6 +34,7 @@ COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
         ("forward (ONNX Runtime / torch)", r"Session\.run|InferenceService\.forward|Module\._call"),
         ("OIP encode", r"^(encode_http|outputs_for|response_parameters) "),
         ("OIP parse", r"server/oip\.py"),
+        ("image decode (/predict)", r"server/preprocess\.py|server/admission\.py|PIL/"),
         (
             "engine hop (submit, wake, result)",
             r"ThreadPoolExecutor\.submit|_WorkItem\.run|Future\.set_result|_chain_future"
@@ -63,19 +68,21 @@ def classify(frames: list[str]) -> str | None:
     return "other"
 
 
-def body() -> bytes:
+def request(api: str) -> tuple[str, bytes, str]:
+    if api == "predict":
+        return REQUESTS[api], encode(digits(1)[0][0]), "image/png"
     x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
     inp = {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}
-    return json.dumps({"inputs": [inp]}).encode()
+    return REQUESTS[api], json.dumps({"inputs": [inp]}).encode(), "application/json"
 
 
-def drive(url: str, seconds: float, done: list[float] | None = None) -> int:
+def drive(url: str, seconds: float, done: list[float] | None = None, api: str = "oip") -> int:
     """Sequential requests for `seconds`; each one's completion time goes to `done`."""
-    n, payload = 0, body()
+    n, (path, payload, ctype) = 0, request(api)
     with httpx.Client(base_url=url, timeout=30) as c:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            r = c.post(INFER, content=payload, headers={"content-type": "application/json"})
+            r = c.post(path, content=payload, headers={"content-type": ctype})
             assert r.status_code == 200, r.text
             n += 1
             if done is not None:
@@ -97,6 +104,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
+    p.add_argument("--api", choices=sorted(REQUESTS), default="oip")
     p.add_argument("--out", type=Path, default=RESULTS / "request_profile.json")
     args = p.parse_args()
     env = {"LCS_GRPC_PORT": "0", "LCS_LOG_LEVEL": "warning"}
@@ -105,7 +113,7 @@ def main() -> None:
         url = server.url
         tier = wait_tier2(url)
         done: list[float] = []
-        client = threading.Thread(target=drive, args=(url, args.seconds + 4, done))
+        client = threading.Thread(target=drive, args=(url, args.seconds + 4, done, args.api))
         client.start()
         time.sleep(1.0)  # the client is in its stride before sampling starts
         proc = psutil.Process(server.proc.pid)
@@ -126,9 +134,16 @@ def main() -> None:
     # The event loop's own share (the main thread): what bounds throughput under concurrency.
     on_loop = 1e6 * loop / requests
     per = summarise(raw, total)
-    out = {"machine": machine(), "tier": tier, "requests": requests, "seconds": args.seconds,
-           "cpu_us_per_request": total, "loop_thread_cpu_us_per_request": on_loop,
-           "components": per}  # fmt: skip
+    out = {
+        "machine": machine(),
+        "api": args.api,
+        "tier": tier,
+        "requests": requests,
+        "seconds": args.seconds,
+        "cpu_us_per_request": total,
+        "loop_thread_cpu_us_per_request": on_loop,
+        "components": per,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"{requests} requests in {args.seconds:g} s on tier {tier}: {total:.0f} µs of CPU each"

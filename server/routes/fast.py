@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -80,7 +78,7 @@ class HotPath:
                 model = d.registry.get(name) if version is None else v2.versioned(d, name, version)
                 content, headers = await v2.infer(scope, d, model, body, received)
         except Exception as e:
-            response = error_response(e, _metrics(self.state).rejected, scope["path"])
+            response = error_response(e, self.state.metrics.rejected, scope["path"])
             if response is None:
                 raise  # RequestLog answers 500, as for the FastAPI routes
             return await response(scope, receive, send)
@@ -88,10 +86,6 @@ class HotPath:
         raw.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": raw})
         await send({"type": "http.response.body", "body": content})
-
-
-def _metrics(state: State) -> Any:
-    return state.metrics
 
 
 def _raw_image(scope: Scope) -> bool:
