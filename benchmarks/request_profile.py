@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import re
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,9 +19,13 @@ import numpy as np
 import psutil
 
 from benchmarks.common import RESULTS, machine
+from tests.helpers import digits, encode, live_server
 
-ROOT = Path(__file__).resolve().parents[1]
-INFER = "/v2/models/digits/infer"
+# The route each --api drives (its body: request() below).
+REQUESTS = {
+    "oip": "/v2/models/digits/infer",  # OIP v2 JSON, one 28×28 tensor
+    "predict": "/predict",  # one PNG digit
+}
 # A sample belongs to the first component found walking from its innermost frame outward, so
 # json.loads under oip.parse_http is "OIP parse", and a lock under Engine submit is "engine hop".
 COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
@@ -31,14 +34,17 @@ COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
         ("forward (ONNX Runtime / torch)", r"Session\.run|InferenceService\.forward|Module\._call"),
         ("OIP encode", r"^(encode_http|outputs_for|response_parameters) "),
         ("OIP parse", r"server/oip\.py"),
+        ("image decode (/predict)", r"server/preprocess\.py|server/admission\.py|PIL/"),
         (
             "engine hop (submit, wake, result)",
             r"ThreadPoolExecutor\.submit|_WorkItem\.run|Future\.set_result|_chain_future"
-            r"|call_soon_threadsafe|Engine\.",
+            r"|call_soon_threadsafe|server/engine\.py",
         ),
+        ("inference service (admit, results)", r"server/inference\.py"),
         ("metrics (prometheus_client)", r"prometheus_client"),
         ("access log", r"logging/|server/logs\.py"),
         ("controller", r"controller/"),
+        ("lcs routes (hot path, handlers)", r"server/routes/"),
         ("lcs middleware", r"server/middleware\.py"),
         ("FastAPI/Starlette routing + deps", r"fastapi/|starlette/|anyio/"),
         ("uvicorn HTTP parsing", r"uvicorn/|server/main\.py|httptools"),
@@ -47,7 +53,9 @@ COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
 ]
 # Leaves where a thread waits in C (py-spy cannot tell these from work): uvloop's run loop in
 # epoll, an idle pool worker in its queue's get. Their CPU is in the process total below.
-WAITING = re.compile(r"^(Runner\.run|_worker|Condition\.wait|Queue\.get|Event\.wait) ")
+WAITING = re.compile(
+    r"^(Runner\.run|_worker|InferenceThread\._work|Condition\.wait|Queue\.get|Event\.wait) "
+)
 
 
 def classify(frames: list[str]) -> str | None:
@@ -60,19 +68,21 @@ def classify(frames: list[str]) -> str | None:
     return "other"
 
 
-def body() -> bytes:
+def request(api: str) -> tuple[str, bytes, str]:
+    if api == "predict":
+        return REQUESTS[api], encode(digits(1)[0][0]), "image/png"
     x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
     inp = {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}
-    return json.dumps({"inputs": [inp]}).encode()
+    return REQUESTS[api], json.dumps({"inputs": [inp]}).encode(), "application/json"
 
 
-def drive(url: str, seconds: float, done: list[float] | None = None) -> int:
+def drive(url: str, seconds: float, done: list[float] | None = None, api: str = "oip") -> int:
     """Sequential requests for `seconds`; each one's completion time goes to `done`."""
-    n, payload = 0, body()
+    n, (path, payload, ctype) = 0, request(api)
     with httpx.Client(base_url=url, timeout=30) as c:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            r = c.post(INFER, content=payload, headers={"content-type": "application/json"})
+            r = c.post(path, content=payload, headers={"content-type": ctype})
             assert r.status_code == 200, r.text
             n += 1
             if done is not None:
@@ -94,51 +104,63 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
+    p.add_argument("--api", choices=sorted(REQUESTS), default="oip")
+    p.add_argument("--out", type=Path, default=RESULTS / "request_profile.json")
     args = p.parse_args()
-    port = 18700
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "LCS_PORT": str(port), "LCS_HOST": "127.0.0.1", "LCS_GRPC_PORT": "0",
-           "LCS_LOG_LEVEL": "warning", "LCS_TORCH_THREADS": "1"}  # fmt: skip
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env, start_new_session=True
-    )
+    env = {"LCS_GRPC_PORT": "0", "LCS_LOG_LEVEL": "warning"}
     raw = Path(tempfile.mkdtemp()) / "profile.txt"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with live_server(env, timeout=120) as server:
+        url = server.url
         tier = wait_tier2(url)
         done: list[float] = []
-        client = threading.Thread(target=drive, args=(url, args.seconds + 4, done))
+        client = threading.Thread(target=drive, args=(url, args.seconds + 4, done, args.api))
         client.start()
         time.sleep(1.0)  # the client is in its stride before sampling starts
-        proc = psutil.Process(server.pid)
+        proc = psutil.Process(server.proc.pid)
         cpu0 = sum(proc.cpu_times()[:2])
+        loop0 = _thread_cpu(proc, proc.pid)
         subprocess.run(
-            ["py-spy", "record", "-p", str(server.pid), "-r", str(args.rate), "-d",
+            [_py_spy(), "record", "-p", str(server.proc.pid), "-r", str(args.rate), "-d",
              str(int(args.seconds)), "-f", "raw", "-o", str(raw), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
         )  # fmt: skip
         stopped = time.monotonic()
         cpu = sum(proc.cpu_times()[:2]) - cpu0
+        loop = _thread_cpu(proc, proc.pid) - loop0
         client.join()
         # py-spy samples for `seconds` once attached: the window ends when it exits.
         requests = sum(1 for t in done if stopped - args.seconds <= t <= stopped)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
     total = 1e6 * cpu / requests  # the daemon process's CPU, all threads, user + system
+    # The event loop's own share (the main thread): what bounds throughput under concurrency.
+    on_loop = 1e6 * loop / requests
     per = summarise(raw, total)
-    out = {"machine": machine(), "tier": tier, "requests": requests, "seconds": args.seconds,
-           "cpu_us_per_request": total, "components": per}  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "request_profile.json").write_text(json.dumps(out, indent=2))
-    print(f"{requests} requests in {args.seconds:g} s on tier {tier}: {total:.0f} µs of CPU each")
+    out = {
+        "machine": machine(),
+        "api": args.api,
+        "tier": tier,
+        "requests": requests,
+        "seconds": args.seconds,
+        "cpu_us_per_request": total,
+        "loop_thread_cpu_us_per_request": on_loop,
+        "components": per,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"{requests} requests in {args.seconds:g} s on tier {tier}: {total:.0f} µs of CPU each"
+          f" ({on_loop:.0f} µs of it on the event loop's thread)")  # fmt: skip
     for name, us in per.items():
         print(f"{us:8.1f} µs  {name}")
+
+
+def _thread_cpu(proc: psutil.Process, tid: int) -> float:
+    """One thread's CPU seconds so far, user + system."""
+    t = next(t for t in proc.threads() if t.id == tid)
+    return t.user_time + t.system_time
+
+
+def _py_spy() -> str:
+    """py-spy from PATH, else beside this interpreter (the venv's bin is often not on PATH)."""
+    return shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
 
 
 def summarise(raw: Path, total_us: float) -> dict[str, float]:

@@ -8,19 +8,16 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 
 from models import checkpoint
 from server import daemon, tracing
-from server.errors import ServingError, rejection_reason
 from server.grpc_server import start_grpc
 from server.middleware import BodyLimit, RequestLog
-from server.preprocess import ImageError
 from server.routes import health, level, predict, v2
+from server.routes.errors import HANDLED, error_response
+from server.routes.fast import HotPath
 from server.settings import Settings
 
 log = logging.getLogger("lcs.server")
@@ -62,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (predict.router, level.router, health.router, v2.router):
         app.include_router(router)
     _add_error_handlers(app)
+    app.add_middleware(HotPath, fastapi=app)  # innermost: inside CORS, the cap and the log
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -77,40 +75,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error is JSON {"error": "..."}; no stack traces or paths reach a client."""
-
-    # Starlette's class, not FastAPI's subclass: body-parsing errors raise the base class.
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(e.detail)}, e.status_code, headers=e.headers)
-
     rejected = app.state.metrics.rejected  # by errors.rejection_reason, as gRPC counts them
 
-    @app.exception_handler(ServingError)
-    async def serving_error(_: Request, e: ServingError) -> JSONResponse:
-        reason = rejection_reason(e)
-        if reason is not None:
-            rejected.labels(reason).inc()
-        headers = {"Retry-After": f"{e.retry_after:.0f}"} if e.retry_after else None
-        return JSONResponse({"error": e.message}, e.status, headers=headers)
+    async def handle(request: Request, e: Exception) -> Response:
+        response = error_response(e, rejected, request.url.path)
+        assert response is not None  # registered below only for the classes it answers
+        return response
 
-    @app.exception_handler(ImageError)
-    async def image_error(_: Request, e: ImageError) -> JSONResponse:
-        rejected.labels(rejection_reason(e) or "bad_image").inc()
-        return JSONResponse({"error": str(e)}, e.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in e.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return JSONResponse({"error": "; ".join(parts) or "invalid request"}, 422)
-
-    @app.exception_handler(ClientDisconnect)
-    async def gone(request: Request, _: ClientDisconnect) -> Response:
-        # Nobody is left to answer; 499 (as nginx) keeps it apart from server errors in metrics.
-        log.info("client disconnected", extra={"path": request.url.path})
-        return Response(status_code=499)
+    for cls in HANDLED:
+        app.add_exception_handler(cls, handle)
 
     @app.exception_handler(Exception)
     async def crash(_: Request, e: Exception) -> JSONResponse:

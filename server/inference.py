@@ -87,7 +87,10 @@ class InferenceService:
             start = time.perf_counter()
             with tracing.span("decode", {"lcs.images": len(images)}):
                 # Every wait inside is bounded by the deadline (admission.decode_admitted).
-                xs = await asyncio.gather(*(self._decode(d, deadline) for d in images))
+                if len(images) == 1:  # gather would wrap the lone decode in a task of its own
+                    xs = [await self._decode(images[0], deadline)]
+                else:
+                    xs = await asyncio.gather(*(self._decode(d, deadline) for d in images))
             decode_s = time.perf_counter() - start
             results = await self._infer(xs, deadline, alpha)
             return self._done([replace(r, decode_s=decode_s) for r in results], received)
@@ -101,7 +104,7 @@ class InferenceService:
         alpha = self._admit(x.shape[0], hints)
         self.in_flight += 1
         try:
-            return self._done(await self._infer(list(x), deadline, alpha), received)
+            return self._done(await self._infer(list(x.unbind(0)), deadline, alpha), received)
         finally:
             self.in_flight -= 1
 
@@ -158,7 +161,10 @@ class InferenceService:
         engine = self.engine
         level = None if alpha is None else await self.level.level_at(alpha)
         with tracing.model(self.metrics.name):  # queued requests carry it to their spans
-            results = await asyncio.gather(*(engine.infer(x, deadline, level) for x in xs))
+            if len(xs) == 1:  # gather would wrap the lone call in a task of its own
+                results = [await engine.infer(xs[0], deadline, level)]
+            else:
+                results = await asyncio.gather(*(engine.infer(x, deadline, level) for x in xs))
         for r in results:
             self.metrics.queue_wait.observe(r.queue_s)
         return list(results)
@@ -166,8 +172,8 @@ class InferenceService:
     def _done(self, results: list[Result], received: float | None) -> list[Result]:
         now = time.perf_counter()
         seconds = now - received if received is not None else None
-        forward = statistics.fmean(r.forward_s for r in results)
         if seconds is not None:
+            forward = sum(r.forward_s for r in results) / len(results)
             self._recent.append((time.monotonic(), results[-1].level.alpha, seconds, forward))
         return results
 

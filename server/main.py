@@ -11,7 +11,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, ClassVar
@@ -24,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from models.checkpoint import CheckpointError
 from server import logs
 from server.app import check_checkpoints, create_app
-from server.middleware import ANSWERED, ARRIVAL, request_id, request_id_from
+from server.middleware import ANSWERED, ARRIVAL, new_request_id, request_id, request_id_from
 from server.settings import Settings, add_arguments, from_args
 
 __all__ = ["add_arguments", "run"]
@@ -129,7 +128,7 @@ class LimitedProtocol(HttpToolsProtocol):
         """The ID the app gave this request, else the client's if its headers got that far and
         it is valid, else a new one: answers written here carry X-Request-ID like the app's."""
         if self._phase not in ("headers", "body"):  # no request, or the last one's headers
-            return uuid.uuid4().hex
+            return new_request_id()
         given = self.scope.get("state", {}).get("request_id")
         return given if isinstance(given, str) else request_id_from(self.headers)
 
@@ -227,9 +226,9 @@ class LimitedProtocol(HttpToolsProtocol):
         # deadline only once it had the body).
         left = self._arrival + self.limits.request_timeout_s - self._since
         self._arm(max(0.0, min(self.limits.body_timeout_s, left)), 408)
-        path = httptools.parse_url(self.url).path.decode("latin-1")
         busy = len(self.tasks) >= self.limits.max_concurrent_requests
-        if busy and path not in HEALTH_PATHS:
+        # The URL is parsed only when busy: uvicorn parses it again just below.
+        if busy and httptools.parse_url(self.url).path.decode("latin-1") not in HEALTH_PATHS:
             app, self.app = self.app, _too_busy
             try:
                 super().on_headers_complete()
@@ -237,6 +236,9 @@ class LimitedProtocol(HttpToolsProtocol):
                 self.app = app
         else:
             super().on_headers_complete()
+        # The cycle's app task has not run yet: its writes all go through the wrapper.
+        cycle = self.cycle
+        cycle.transport = OneWrite(cycle.transport, cycle)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -247,6 +249,52 @@ class LimitedProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self._phase == "app":  # not a pipelined request already being read
             self._phase, self._since = "idle", time.monotonic()
+
+
+class OneWrite:
+    """A response cycle's view of the transport: the status line and headers uvicorn writes at
+    http.response.start are held and written with the first body bytes, one send() instead
+    of two (on loopback each send() is a TCP segment the kernel delivers and the client
+    wakes for). Held bytes go out at the latest when the response completes or the
+    connection closes (a HEAD answer writes no body); the 100 Continue interim answer,
+    written before the response starts, is never held."""
+
+    __slots__ = ("_cycle", "_held", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+        self._transport, self._cycle = transport, cycle
+        self._held: bytes | None = None
+        self._started = False  # the header block has been seen
+        done = cycle.on_response
+
+        def completed() -> None:
+            self.flush()
+            done()
+
+        cycle.on_response = completed
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif not self._started and self._cycle.response_started:
+            self._started, self._held = True, data
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._held is not None:
+            data, self._held = self._held, None
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:  # anything else uvicorn may ask of a transport
+        return getattr(self._transport, name)
 
 
 async def _too_busy(scope: Any, receive: Any, send: Any) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -107,7 +107,16 @@ def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
             if REQUEST_ID.fullmatch(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+_IDS = random.Random()  # its own generator, seeded from urandom: no one else's seed() reaches it
+
+
+def new_request_id() -> str:
+    """32 random hex digits, as uuid4().hex but without its os.urandom call per request: an
+    ID must be unique in the logs, not unguessable."""
+    return f"{_IDS.getrandbits(128):032x}"
 
 
 def arrival(scope: Scope) -> float:
@@ -130,6 +139,9 @@ class RequestLog:
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
+        # (endpoint, model, status) → its lcs_requests and lcs_request_duration children:
+        # bounded as the labels are (route templates, loaded models, statuses).
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -163,23 +175,37 @@ class RequestLog:
             state = scope.get("state", {})
             status = state.get(ANSWERED, status)
             model = state.get("model", "")  # set only once a route resolved a loaded model
-            self.metrics.requests.labels("http", endpoint, model, str(status)).inc()
-            self.metrics.request_duration.labels("http", endpoint, model).observe(seconds)
+            key = (endpoint, model, status)
+            series = self._series.get(key)
+            if series is None:  # labels() costs a lock and a validation: once per series
+                series = self._series[key] = (
+                    self.metrics.requests.labels("http", endpoint, model, str(status)),
+                    self.metrics.request_duration.labels("http", endpoint, model),
+                )
+            series[0].inc()
+            series[1].observe(seconds)
             if state.get(REJECTED):
                 self.metrics.rejected.labels(state[REJECTED]).inc()
-            extra: dict[str, Any] = {
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "latency_ms": round(seconds * 1e3, 3),
-                "request_id": rid,
-            }
-            if model:
-                extra["model"] = model
-            level = state.get("level")
-            if level is not None:
-                extra["alpha"], extra["gamma"] = level.alpha, level.gamma
-            log.info("request", extra=extra)
+            if log.isEnabledFor(logging.INFO):  # else not even the line's fields are built
+                _log(scope, state, status, seconds, rid, model)
+
+
+def _log(
+    scope: Scope, state: dict[str, Any], status: int, seconds: float, rid: str, model: str
+) -> None:
+    extra: dict[str, Any] = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "latency_ms": round(seconds * 1e3, 3),
+        "request_id": rid,
+    }
+    if model:
+        extra["model"] = model
+    level = state.get("level")
+    if level is not None:
+        extra["alpha"], extra["gamma"] = level.alpha, level.gamma
+    log.info("request", extra=extra)
 
 
 async def _internal_error(send: Send) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import base64
 import binascii
 import json
@@ -282,12 +283,14 @@ def decode_values(
         return "images", None, [_image_bytes(x, i, b64) for i, x in enumerate(items)]
     _numeric(inp)
     count = _check_tensor_shape(inp, limits)
-    try:
-        arr = np.asarray(data)  # dtype inferred: strings and objects are refused below
-    except (ValueError, TypeError):
-        raise OIPError(
-            400, f"input {inp.name!r}: data must be a flat or shape-nested list of numbers"
-        ) from None
+    arr = _flat_floats(data) if inp.datatype in FLOATS else None
+    if arr is None:
+        try:
+            arr = np.asarray(data)  # dtype inferred: strings and objects are refused below
+        except (ValueError, TypeError):
+            raise OIPError(
+                400, f"input {inp.name!r}: data must be a flat or shape-nested list of numbers"
+            ) from None
     if arr.dtype.kind not in "fiu":
         raise OIPError(422, f"input {inp.name!r}: {inp.datatype} data must hold numbers only")
     if arr.size != count:
@@ -296,6 +299,19 @@ def decode_values(
             f"input {inp.name!r}: data holds {arr.size} values; shape {inp.shape} needs {count}",
         )
     return _tensor(inp, arr.reshape(-1))
+
+
+def _flat_floats(data: Any) -> np.ndarray | None:
+    """A flat JSON list of numbers as float64, without numpy's type discovery (measured: a
+    third of np.asarray's time for 784 floats). Only a list that starts with a float; any
+    other (nested, strings, nulls, all bools) takes np.asarray's way and its refusals. The
+    values are those np.asarray gives: a float64 array once a float is among them."""
+    if type(data) is not list or not data or type(data[0]) is not float:
+        return None
+    try:
+        return np.frombuffer(array.array("d", data), np.float64)
+    except TypeError:  # a nested list, a string or a null further on
+        return None
 
 
 def _numeric(inp: InputHeader) -> np.dtype:
@@ -350,13 +366,13 @@ def _tensor(inp: InputHeader, flat: np.ndarray) -> tuple[str, torch.Tensor, list
                 f"input {inp.name!r}: values must be finite (no NaN or inf, and "
                 "within FP32's range)",
             )
-        return "tensor", torch.from_numpy(x).view(inp.shape), []
+        return "tensor", torch.from_numpy(x.reshape(inp.shape)), []
     if flat.dtype.kind == "f" and not (np.isfinite(flat).all() and (flat == np.round(flat)).all()):
         raise OIPError(422, f"input {inp.name!r}: {inp.datatype} data must be whole numbers")
     if flat.size and (flat.min() < 0 or flat.max() > 255):
         raise OIPError(422, f"input {inp.name!r}: integer inputs are raw pixel values 0-255")
     x = flat.astype(np.uint8)
-    return "pixels", torch.from_numpy(x).view(inp.shape), []
+    return "pixels", torch.from_numpy(x.reshape(inp.shape)), []
 
 
 def _flatten(data: Any, name: str) -> list[Any]:

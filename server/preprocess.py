@@ -153,11 +153,13 @@ class Preprocessor:
     def decode_inspected(self, ins: Inspected) -> torch.Tensor:
         """The pixel work (run it in the decode pool): first frame → 8 bit → resize → tensor."""
         small = self.resized(ins)
-        x = torch.from_numpy(np.asarray(small, dtype=np.float32).copy()) / 255
-        x = x.view(self.height, self.width, self.channels).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(-1, 1, 1)
-        std = torch.tensor(self.std).view(-1, 1, 1)
-        return (x - mean) / std
+        # In numpy, float32 throughout: the same IEEE operations as torch's (x / 255 - mean) /
+        # std, bit for bit, without a dispatch per operation (a third of this call's CPU).
+        px = np.asarray(small, dtype=np.float32).reshape(self.height, self.width, self.channels)
+        x = (px / np.float32(255) - np.asarray(self.mean, np.float32)) / np.asarray(
+            self.std, np.float32
+        )
+        return torch.from_numpy(x.transpose(2, 0, 1))
 
     def resized(self, ins: Inspected) -> Image.Image:
         im = ins.image

@@ -14,7 +14,10 @@ from server.daemon import Daemon
 # All `async def`: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per
 # dependency per request for what is a few attribute reads.
 async def daemon(request: Request) -> Daemon:
-    d = request.app.state.daemon
+    return started(request.app.state.daemon)
+
+
+def started(d: Daemon | None) -> Daemon:
     if d is None:
         raise HTTPException(503, "not ready: starting", headers={"Retry-After": "1"})
     return d
@@ -24,6 +27,10 @@ DaemonDep = Annotated[Daemon, Depends(daemon)]
 
 
 async def ready_daemon(d: DaemonDep) -> Daemon:
+    return ready(d)
+
+
+def ready(d: Daemon) -> Daemon:
     if d.draining:
         raise HTTPException(503, "not ready: draining for shutdown", headers={"Retry-After": "1"})
     if not d.ready:
@@ -35,11 +42,15 @@ ReadyDep = Annotated[Daemon, Depends(ready_daemon)]
 
 
 async def serving_daemon(d: DaemonDep) -> Daemon:
-    """ready_daemon for the inference routes: their refusal is also counted as
+    return serving(d)
+
+
+def serving(d: Daemon) -> Daemon:
+    """ready() for the inference routes: their refusal is also counted as
     lcs_rejected_requests{reason="not_ready"}, as gRPC's ModelInfer counts it (a readiness
     probe's 503 is an answer, not a refused request, so ReadyDep counts nothing)."""
     try:
-        return await ready_daemon(d)
+        return ready(d)
     except HTTPException:
         d.metrics.rejected.labels("not_ready").inc()
         raise

@@ -11,7 +11,9 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
+from starlette.types import Scope
 
+from server.daemon import Daemon
 from server.errors import ServingError
 from server.inference import Hints, Result
 from server.preprocess import ImageError
@@ -51,6 +53,7 @@ BATCH_BODY = {
         },
     }
 }
+TOP_K = 5  # classes returned by default
 TopK = Annotated[int, Query(ge=1, le=1000, description="how many classes to return")]
 MinAccuracy = Annotated[
     float | None, Query(ge=0, le=1, description="serve at a level at least this accurate")
@@ -104,11 +107,12 @@ class BatchResponse(BaseModel):
     results: list[BatchItem]
 
 
+# Also served by server.routes.fast (raw image, no query), which calls predict_image().
 @router.post("/predict", response_model=PredictResponse, openapi_extra=IMAGE_BODY, responses=ERRORS)
 async def predict(
     request: Request,
     d: ServingDep,
-    top_k: TopK = 5,
+    top_k: TopK = TOP_K,
     min_accuracy: MinAccuracy = None,
     max_latency_ms: MaxLatency = None,
 ) -> PredictResponse:
@@ -126,7 +130,7 @@ async def predict_model(
     request: Request,
     d: ServingDep,
     name: ModelName,
-    top_k: TopK = 5,
+    top_k: TopK = TOP_K,
     min_accuracy: MinAccuracy = None,
     max_latency_ms: MaxLatency = None,
 ) -> PredictResponse:
@@ -140,7 +144,7 @@ async def predict_model(
 async def predict_batch(
     request: Request,
     d: ServingDep,
-    top_k: TopK = 5,
+    top_k: TopK = TOP_K,
     min_accuracy: MinAccuracy = None,
     max_latency_ms: MaxLatency = None,
 ) -> BatchResponse:
@@ -158,7 +162,7 @@ async def predict_batch_model(
     request: Request,
     d: ServingDep,
     name: ModelName,
-    top_k: TopK = 5,
+    top_k: TopK = TOP_K,
     min_accuracy: MinAccuracy = None,
     max_latency_ms: MaxLatency = None,
 ) -> BatchResponse:
@@ -172,12 +176,28 @@ async def _predict(
     received, deadline = time.perf_counter(), d.deadline(request.scope)
     d.registry.get(name)  # 404 before reading a body for a model that does not exist
     data = await read_one_image(request)
+    return await predict_image(request.scope, d, name, data, top_k, hints, received, deadline)
+
+
+async def predict_image(
+    scope: Scope,
+    d: Daemon,
+    name: str | None,
+    data: bytes,
+    top_k: int,
+    hints: Hints,
+    received: float,
+    deadline: float,
+) -> PredictResponse:
+    """One encoded image through the model `name` (None: the default); also called by
+    server.routes.fast for a raw-image /predict."""
     # Resolved again after the read, and entered at once: a replacement that happened
     # meanwhile serves this request with the new version.
     model = d.registry.get(name)
-    request.state.model = model.name
+    state = scope.setdefault("state", {})
+    state["model"] = model.name
     (result,) = await model.service.predict_images([data], hints, deadline, received)
-    request.state.level = result.level
+    state["level"] = result.level
     return respond(model, result, top_k, received)
 
 

@@ -11,8 +11,10 @@ import torch
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel
+from starlette.types import Scope
 
 from server import oip
+from server.daemon import Daemon
 from server.errors import rejection_reason
 from server.grpc_server import run_call
 from server.routes.deps import DaemonDep, OperatorDep, ReadyDep, ServingDep
@@ -117,7 +119,7 @@ async def model_metadata(name: ModelName, d: DaemonDep) -> dict[str, Any]:
 
 @router.get("/models/{name}/versions/{version}", responses={404: {}})
 async def model_version_metadata(name: ModelName, version: str, d: DaemonDep) -> dict[str, Any]:
-    return metadata(_versioned(d, name, version))
+    return metadata(versioned(d, name, version))
 
 
 @router.get("/models/{name}/ready", responses={404: {}, 503: {}})
@@ -125,10 +127,12 @@ async def model_ready(name: ModelName, d: ReadyDep) -> dict[str, Any]:
     return {"name": d.registry.get(name).name, "ready": True}
 
 
+# Also served by server.routes.fast, which calls infer() below without FastAPI's routing.
 @router.post("/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
 async def model_infer(request: Request, name: ModelName, d: ServingDep) -> Response:
     received, body = time.perf_counter(), await request.body()  # the body cap speaks first
-    return await _infer(request, d, d.registry.get(name), body, received)
+    content, headers = await infer(request.scope, d, d.registry.get(name), body, received)
+    return Response(content, headers=headers)
 
 
 @router.post(
@@ -138,7 +142,8 @@ async def model_version_infer(
     request: Request, name: ModelName, version: str, d: ServingDep
 ) -> Response:
     received, body = time.perf_counter(), await request.body()
-    return await _infer(request, d, _versioned(d, name, version), body, received)
+    content, headers = await infer(request.scope, d, versioned(d, name, version), body, received)
+    return Response(content, headers=headers)
 
 
 @router.post("/repository/index")
@@ -190,7 +195,7 @@ def metadata(model: ServedModel) -> dict[str, Any]:
     }
 
 
-def _versioned(d: DaemonDep, name: str, version: str) -> ServedModel:
+def versioned(d: Daemon, name: str, version: str) -> ServedModel:
     model = d.registry.get(name)
     if version != str(model.version):
         raise HTTPException(
@@ -199,14 +204,16 @@ def _versioned(d: DaemonDep, name: str, version: str) -> ServedModel:
     return model
 
 
-async def _infer(
-    request: Request, d: DaemonDep, model: ServedModel, body: bytes, received: float
-) -> Response:
-    """body bytes → InferCall (off the loop when large) → the model's InferenceService → body."""
-    deadline = d.deadline(request.scope)
-    request.state.model = model.name
+async def infer(
+    scope: Scope, d: Daemon, model: ServedModel, body: bytes, received: float
+) -> tuple[bytes, dict[str, str]]:
+    """body bytes → InferCall (off the loop when large) → the model's InferenceService → the
+    response body and headers."""
+    deadline = d.deadline(scope)
+    state = scope.setdefault("state", {})
+    state["model"] = model.name
     limits = oip.Limits(tuple(model.meta.input_size), d.settings.max_batch_images)
-    length = request.headers.get(oip.HEADER_LENGTH)
+    length = header(scope, HEADER_LENGTH)
     try:
         if len(body) >= oip.OFFLOAD_BYTES:
             call = await asyncio.get_running_loop().run_in_executor(
@@ -218,7 +225,7 @@ async def _infer(
         d.metrics.rejected.labels(rejection_reason(e) or "bad_input").inc()  # as over gRPC
         raise HTTPException(e.status, e.message) from None
     results = await run_call(model, call, deadline, received)
-    request.state.level = results[-1].level
+    state["level"] = results[-1].level
     probs = torch.stack([r.probabilities for r in results]).to(torch.float32).numpy()
     params = {
         **oip.response_parameters(
@@ -226,17 +233,27 @@ async def _infer(
         ),
         "checksum": model.checksum[:16],
     }
-    content, headers = oip.encode_http(
+    return oip.encode_http(
         model.name,
         str(model.version),
-        call.request_id or _request_id(request),
+        call.request_id or _request_id(scope),
         params,
         oip.outputs_for(call, probs, model.meta.class_names),
     )
-    return Response(content, headers=headers)
 
 
-def _request_id(request: Request) -> str:
+HEADER_LENGTH = oip.HEADER_LENGTH.encode()
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header's first value (`name` lower-case), as Starlette's Headers.get."""
+    for k, v in scope["headers"]:
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+def _request_id(scope: Scope) -> str:
     """The X-Request-ID the middleware accepted or made, else the header if it is safe."""
-    rid = getattr(request.state, "request_id", None) or request.headers.get("x-request-id", "")
+    rid = scope.get("state", {}).get("request_id") or header(scope, b"x-request-id") or ""
     return rid if len(rid) <= oip.MAX_ID_CHARS and oip.safe_id(rid) else ""

@@ -179,3 +179,23 @@ def test_requests_pinned_to_their_own_level_batch_with_their_level_only():
         want = 1.0 if lv is None else lv.alpha
         assert r.level.alpha == want and float(r.probabilities[0]) == want
         assert r.batch_size == 2  # the two requests of its level, not all six
+
+
+def test_inference_thread_runs_submitted_work_in_order_and_cancels_on_shutdown():
+    pool = inference_executor(1)
+    gate, order = threading.Event(), []
+    pool.call(gate.wait)  # holds the thread: what follows is queued
+    done = pool.submit(lambda: order.append("a") or threading.current_thread().name)
+    failed = pool.submit(lambda: 1 / 0)
+    pool.call(lambda: order.append("b"))
+    gate.set()
+    assert done.result(5).startswith("lcs-inference")
+    with pytest.raises(ZeroDivisionError):
+        failed.result(5)
+    held = threading.Event()
+    pool.call(held.wait)
+    late = pool.submit(lambda: order.append("late"))
+    pool.shutdown(wait=False, cancel_futures=True)
+    held.set()
+    pool._thread.join(5)
+    assert late.cancelled() and order == ["a", "b"]
