@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
 
-import httpx
 import numpy as np
 import torch
 
 from controller.policy import LevelPoint
 from models import LevelCompressor, checkpoint
 from models.data import load_dataset
-from server import daemon as serving
-from server.app import create_app
-from server.settings import Settings
+from tests.helpers import in_process
 from tests.server.test_tier2 import PNGS, daemon, sample, until
 
 
@@ -32,21 +28,9 @@ async def post(client, hint: str = "") -> dict:
     return r.json()
 
 
-@asynccontextmanager
-async def with_daemon(**overrides):
-    """test_tier2's daemon, and the Daemon itself (its controller wiring)."""
-    base = {"controller_enabled": False, "torch_threads": 1, "tier2_settle_s": 0.05}
-    base |= {"tier2_int8": True}
-    settings = Settings(**base | overrides)
-    app = create_app(settings)
-    d = await serving.start(settings, app.state.metrics)
-    app.state.daemon = d
-    try:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lcs") as client:
-            yield d, d.registry.get(), client
-    finally:
-        await serving.stop(d)
+def with_daemon(**overrides):
+    """test_tier2's daemon with int8 variants on, and the Daemon itself (its controller)."""
+    return in_process(**{"tier2_settle_s": 0.05, "tier2_int8": True} | overrides)
 
 
 def test_an_admitted_int8_variant_agrees_with_tier1_is_profiled_and_serves_when_chosen():

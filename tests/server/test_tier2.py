@@ -15,14 +15,12 @@ import torch
 from models import LevelCompressor, checkpoint
 from models.levels import SubspaceSpec
 from models.networks import create_model
-from server import daemon as serving
-from server.app import create_app
 from server.exporter import Exporter
 from server.metrics import Metrics
 from server.served import ServedModel
 from server.settings import Settings, add_arguments, from_args
 from server.tier2 import Prepared, Tier2, Tier2Failure, prepare
-from tests.helpers import digits, encode
+from tests.helpers import digits, encode, in_process
 
 TOLERANCE = 1e-3  # max |Δlogits| ≤ TOLERANCE · max(1, max |logits|), as the daemon checks
 # Small inputs and ten classes keep the ImageNet architectures to a second or so per export.
@@ -101,21 +99,9 @@ def test_activation_fake_quant_is_refused_for_tier2():
 
 @asynccontextmanager
 async def daemon(**overrides) -> AsyncIterator[tuple[ServedModel, httpx.AsyncClient]]:
-    settings = Settings(
-        **{"controller_enabled": False, "torch_threads": 1, "max_queue": 512}
-        | {"tier2_enabled": True, "tier2_settle_s": 0.05}
-        | overrides
-    )
-    app = create_app(settings)
-    d = await serving.start(settings, app.state.metrics)
-    app.state.daemon = d
-    rt = d.registry.get()
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://lcs") as client:
-            yield rt, client
-    finally:
-        await serving.stop(d)
+    tier2 = {"max_queue": 512, "tier2_enabled": True, "tier2_settle_s": 0.05}
+    async with in_process(**tier2 | overrides) as (_, rt, client):
+        yield rt, client
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
