@@ -36,6 +36,20 @@ def add_train(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="in-place distillation: members learn from the most accurate one's softmax",
     )
+    p.add_argument(
+        "--compressed-mix",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="chance each uniform α is drawn from the compressed end instead (0: uniform)",
+    )
+    p.add_argument(
+        "--compressed-span",
+        type=float,
+        default=0.25,
+        metavar="S",
+        help="the compressed end for --compressed-mix: this fraction of the α range",
+    )
     p.add_argument("--max-train", type=int, help="use at most this many training images")
     p.add_argument("--norm", default="group", choices=NORMS, help="batch: baselines only")
     p.add_argument(

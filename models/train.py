@@ -49,6 +49,10 @@ class TrainConfig:
     # In-place distillation (Universally Slimmable Networks): the most accurate member learns
     # from the labels, every other member from its detached softmax.
     distill: bool = False
+    # Sampling weighted toward the compressed end: each uniform α is, with this chance, drawn
+    # from the most compressed `compressed_span` of the range instead (0 = the paper's uniform).
+    compressed_mix: float = 0.0
+    compressed_span: float = 0.25
     max_train: int | None = None  # cap on training images (quick runs and tests)
     # Baselines (benchmarks/accuracy): BatchNorm, and training at given levels γ instead of
     # sampling the subspace — every γ in the tuple each step (Discrete), or one (fixed level).
@@ -73,9 +77,21 @@ class TrainConfig:
             )
         if self.line_beta < 0:
             raise ValueError("line_beta must be ≥ 0")
+        if not (0 <= self.compressed_mix <= 1 and 0 < self.compressed_span <= 1):
+            raise ValueError("compressed_mix must lie in [0, 1] and compressed_span in (0, 1]")
         spec = SubspaceSpec(self.family, self.kind, norm=self.norm)
         for g in self.train_gammas:
             spec.calc.alpha(g)  # raises if γ is outside the family's range
+
+    def schedule(self, done: float) -> Schedule:
+        """Where training stands after the fraction `done`: this run's warm-ups and sampling."""
+        return Schedule(
+            done,
+            self.prune_warmup,
+            self.act_quant_start,
+            self.compressed_mix,
+            self.compressed_span,
+        )
 
 
 def training_draws(
@@ -83,11 +99,10 @@ def training_draws(
 ) -> list[Draw]:
     """This step's members, most accurate first: the given levels for a baseline (every γ each
     step), else the family's sampling of α_n at this point of training (§3.3)."""
+    at = cfg.schedule(done)
     if cfg.train_gammas:
-        at = Schedule(done, cfg.prune_warmup, cfg.act_quant_start)
         alphas = sorted((spec.calc.alpha(g) for g in cfg.train_gammas), reverse=True)
         return [Draw(a, spec.handler.warmup_gamma(spec.calc, a, at)) for a in alphas]
-    at = Schedule(done, cfg.prune_warmup, cfg.act_quant_start)
     draws = spec.handler.sample(spec.calc, spec.kind, rng, at)
     teacher = Draw(spec.calc.alpha_max)  # the least compressed end: dense for unstructured
     if cfg.distill and draws[0] != teacher:
@@ -180,7 +195,7 @@ def train(cfg: TrainConfig, data: Dataset | None = None, progress: bool = True) 
         bar = _bar(batches, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
         for i, idx in enumerate(bar):
             done = (epoch * per_epoch + i) / total  # fraction of training behind us
-            at = Schedule(done, cfg.prune_warmup, cfg.act_quant_start)
+            at = cfg.schedule(done)
             if spec.handler.activations_quantized(at):
                 net.act_quant_enabled.fill_(True)
             x = normalise(random_shift(train_x[idx], cfg.shift, gen), mean, std)

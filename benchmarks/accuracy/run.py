@@ -20,8 +20,16 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = RESULTS / "accuracy-runs"  # one JSON per method × seed: reruns train only what is new
 
 
-def train_and_evaluate(method: Method, seed: int, epochs: int, max_train: int | None, out: str):
-    """Runs in a worker process with one thread: train, reload the checkpoint, evaluate."""
+def train_and_evaluate(
+    method: Method,
+    seed: int,
+    epochs: int,
+    max_train: int | None,
+    out: str,
+    overrides: dict[str, Any] | None = None,
+):
+    """Runs in a worker process with one thread: train, reload the checkpoint, evaluate.
+    `overrides` are further TrainConfig fields (the recipes of benchmarks.accuracy.ab)."""
     import torch
 
     from models import checkpoint
@@ -41,6 +49,7 @@ def train_and_evaluate(method: Method, seed: int, epochs: int, max_train: int | 
         seed=seed,
         max_train=max_train,
         out=out,
+        **(overrides or {}),
     )
     train(cfg, data, progress=False)
     net, meta, _ = checkpoint.load(out)

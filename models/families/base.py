@@ -51,6 +51,21 @@ class Schedule:
     progress: float  # fraction of training behind us, in [0, 1)
     prune_warmup: float = 0.8
     act_quant_start: float = 0.8
+    # Sampling weighted toward the compressed end (issue 19): each uniform draw of α is, with
+    # chance `compressed_mix`, drawn instead from the most compressed `compressed_span` of the
+    # range. 0 = the paper's U(α_min, α_max).
+    compressed_mix: float = 0.0
+    compressed_span: float = 0.25
+
+    def uniform_alpha(self, lo: float, hi: float, rng: random.Random) -> float:
+        """One draw from (1 − p)·U(lo, hi) + p·U(lo, lo + s·(hi − lo)), p = compressed_mix,
+        s = compressed_span. With p = 0 it is rng.uniform(lo, hi) and consumes the same
+        random numbers, so today's default trains bit for bit as before."""
+        if self.compressed_mix <= 0.0:
+            return rng.uniform(lo, hi)
+        if rng.random() < self.compressed_mix:
+            return rng.uniform(lo, lo + self.compressed_span * (hi - lo))
+        return rng.uniform(lo, hi)
 
 
 class Family:

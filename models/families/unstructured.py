@@ -103,14 +103,14 @@ class Unstructured(Family):
             # As the reference: dense for the warm-up, then one U(α_min, 1) TopK for all layers.
             if at.progress < at.prune_warmup:
                 return [Draw(hi)]
-            return [Draw(rng.uniform(lo, hi))]
+            return [Draw(at.uniform_alpha(lo, hi, rng))]
         # A line: half the time an endpoint, else uniform; the pruned fraction ramps from 0 to
         # γ(α) over the warm-up. Without the ramp, early steps at 97.5 % pruned starve most
         # weights of gradient and the dense end never trains (measured: 80 % dense, not 98 %).
         if rng.random() < self.config.endpoint_chance:
             alpha = rng.choice([lo, hi])
         else:
-            alpha = rng.uniform(lo, hi)
+            alpha = at.uniform_alpha(lo, hi, rng)
         return [Draw(alpha, self.warmup_gamma(calc, alpha, at))]
 
     def warmup_gamma(self, calc: Calculator, alpha: float, at: Schedule) -> float | None:
