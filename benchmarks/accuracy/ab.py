@@ -46,6 +46,7 @@ RECIPES = [
     Recipe("s-b", "structured", "(b) middle draws ½ from the compressed quarter", MIX),
     Recipe("s-c", "structured", "(c) (b) + --distill", MIX | {"distill": True}),
     Recipe("s-d", "structured", "(d) today, 20 epochs", epochs=20),
+    Recipe("s-c2", "structured", "(c') today + --distill", {"distill": True}),
     Recipe(
         "s-in",
         "structured",
@@ -104,7 +105,8 @@ def _job(r: Recipe, seed: int, out: str) -> dict[str, Any]:
         done = _evaluate_existing(m, seed, r, out)
         if done is not None:
             return done
-    return run.train_and_evaluate(m, seed, r.epochs, None, out, overrides)
+    # resume: a killed run continues from its last finished epoch (OUT's .state.pt)
+    return run.train_and_evaluate(m, seed, r.epochs, None, out, overrides | {"resume": True})
 
 
 def _evaluate_existing(m: Method, seed: int, r: Recipe, out: str) -> dict[str, Any] | None:
@@ -185,8 +187,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="parallel trainings, 1 thread each")
     ap.add_argument("--runs-dir", default=str(run.ROOT / "runs" / "ab"), help="checkpoints")
     ap.add_argument("--summary-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", nargs="+", metavar="KEY:SEED", help="exactly these, in this order")
     args = ap.parse_args()
     jobs = [(BY_KEY[k], s) for k in args.recipes for s in args.seeds]
+    if args.jobs:
+        jobs = [(BY_KEY[j.split(":")[0]], int(j.split(":")[1])) for j in args.jobs]
     todo = [(r, s) for r, s in jobs if cached(r, s) is None]
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to train", flush=True)
     if todo:
