@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models import checkpoint
+from models import checkpoint, families
 from models.compression import compress
 from models.data import Dataset, load_dataset, random_shift
 from models.evaluate import accuracy_at_levels, format_table, normalise
@@ -41,8 +41,9 @@ class TrainConfig:
     # 0.8); LCS+P trains 8 bits until then and a random bit width per layer after.
     act_quant_start: float = 0.8
     # Unstructured: the dense warm-up, as in the reference code. LCS+P trains dense for it;
-    # LCS+L ramps the pruned fraction from 0 to γ(α) over it.
-    prune_warmup: float = 0.8
+    # LCS+L ramps the pruned fraction from 0 to γ(α) over it. None = the family's default
+    # (Family.training_defaults: 0.8 as the reference, 0.5 for unstructured LCS+P).
+    prune_warmup: float | None = None
     # β·cos²(ω1, ω2) for lines (structured: on the norm scales, the only line parameters). The
     # paper's text does not use it (β = 0); the reference code has β = 1.
     line_beta: float = 0.0
@@ -51,8 +52,9 @@ class TrainConfig:
     distill: bool = False
     # Sampling weighted toward the compressed end: each uniform α is, with this chance, drawn
     # from the most compressed `compressed_span` of the range instead (0 = the paper's uniform).
-    compressed_mix: float = 0.0
-    compressed_span: float = 0.25
+    # None = the family's default (0 but for unstructured LCS+P: 0.5 of the lowest 0.25).
+    compressed_mix: float | None = None
+    compressed_span: float | None = None
     max_train: int | None = None  # cap on training images (quick runs and tests)
     # Baselines (benchmarks/accuracy): BatchNorm, and training at given levels γ instead of
     # sampling the subspace — every γ in the tuple each step (Discrete), or one (fixed level).
@@ -69,8 +71,15 @@ class TrainConfig:
             raise ValueError(f"unknown architecture {self.arch!r}; choose {sorted(ARCHITECTURES)}")
         if self.family not in FAMILIES or self.kind not in KINDS:
             raise ValueError(f"family must be one of {FAMILIES}, kind one of {KINDS}")
+        # Resolve the family's defaults, so the checkpoint records what training used.
+        defaults = families.get(self.family).training_defaults(self.kind, not self.train_gammas)
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch size must be ≥ 1 and the learning rate > 0")
+        assert self.prune_warmup is not None and self.compressed_mix is not None
+        assert self.compressed_span is not None
         if not (0 <= self.act_quant_start <= 1 and 0 <= self.prune_warmup <= 1):
             raise ValueError(
                 "act_quant_start and prune_warmup are fractions of training, in [0, 1]"
@@ -85,6 +94,8 @@ class TrainConfig:
 
     def schedule(self, done: float) -> Schedule:
         """Where training stands after the fraction `done`: this run's warm-ups and sampling."""
+        assert self.prune_warmup is not None and self.compressed_mix is not None
+        assert self.compressed_span is not None
         return Schedule(
             done,
             self.prune_warmup,

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy.plan import GRIDS, RECIPE, Method, methods
+from benchmarks.accuracy.plan import GRIDS, RECIPE, Method, methods, recipe
 from benchmarks.common import RESULTS, machine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,8 +139,14 @@ def _cache_path(m: Method, seed: int) -> Path:
     return CACHE / f"{m.name}-s{seed}.json"
 
 
+def method_settings(m: Method, settings: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings with the recipe this method trains with (plan.recipe)."""
+    return settings | {"recipe": recipe(m)}
+
+
 def _store(m: Method, seed: int, settings: dict[str, Any], result: dict[str, Any]) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
+    settings = method_settings(m, settings)
     record = {"method": _plain(m), "seed": seed, "settings": settings, **result}
     _cache_path(m, seed).write_text(json.dumps(record, indent=1))
 
@@ -150,7 +156,7 @@ def _cached(m: Method, seed: int, settings: dict[str, Any]) -> dict[str, Any] | 
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    same = record["settings"] == settings and record["method"] == _plain(m)
+    same = record["settings"] == method_settings(m, settings) and record["method"] == _plain(m)
     return record if same else None
 
 
@@ -181,7 +187,9 @@ def _collect(
             for g, a in by_gamma.items()
         ]
         train_s = [r["train_s"] for r in per_seed.values() if r is not None]
-        out.append({**asdict(m), "name": m.name, "rows": rows, "train_s": train_s})
+        out.append(
+            {**asdict(m), "name": m.name, "recipe": recipe(m), "rows": rows, "train_s": train_s}
+        )
     return out
 
 

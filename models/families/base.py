@@ -115,6 +115,12 @@ class Family:
         raise NotImplementedError
 
     # -- training ----------------------------------------------------------------------------
+    def training_defaults(self, kind: str, sampled: bool = True) -> dict[str, float]:
+        """The training options a run of this family and kind gets when it sets none: the
+        warm-up length and the sampling toward the compressed end (TrainConfig's None).
+        `sampled` is False for the baselines that train at fixed levels."""
+        return {"prune_warmup": 0.8, "compressed_mix": 0.0, "compressed_span": 0.25}
+
     def sample(self, calc: Calculator, kind: str, rng: random.Random, at: Schedule) -> list[Draw]:
         """This step's members α_n (§3.3)."""
         raise NotImplementedError

@@ -87,3 +87,37 @@ def test_cli_flags_reach_the_config_and_bad_values_are_refused():
     for bad in ({"compressed_mix": 1.5}, {"compressed_mix": -0.1}, {"compressed_span": 0.0}):
         with pytest.raises(ValueError, match="compressed"):
             TrainConfig(**bad)
+
+
+def test_unstructured_lcs_p_defaults_to_the_a_b_winner_and_nothing_else_changes():
+    def resolved(**kw):
+        c = TrainConfig(**kw)
+        return (c.prune_warmup, c.compressed_mix, c.compressed_span)
+
+    assert resolved(family="unstructured") == (0.5, 0.5, 0.25)  # issue 19's recipe (e)
+    assert resolved(family="unstructured", kind="line") == (0.8, 0.0, 0.25)  # the reference
+    topk = {"family": "unstructured", "norm": "batch", "train_gammas": (0.9,)}
+    assert resolved(**topk) == (0.8, 0.0, 0.25)  # the TopK baselines keep their ramp
+    for family in ("structured", "quantization"):
+        assert resolved(family=family) == (0.8, 0.0, 0.25)
+        assert resolved(family=family, kind="line") == (0.8, 0.0, 0.25)
+    assert resolved(family="unstructured", prune_warmup=0.8, compressed_mix=0.0) == (
+        0.8,
+        0.0,
+        0.25,
+    )  # explicit values win
+
+
+def test_unstructured_lcs_p_default_is_dense_for_half_then_mixed():
+    spec = SubspaceSpec("unstructured")
+    cfg, rng = TrainConfig(family="unstructured"), random.Random(11)
+    assert all(training_draws(spec, cfg, rng, d) == [Draw(1.0)] for d in (0.0, 0.3, 0.499))
+    alphas = [training_draws(spec, cfg, rng, 0.5)[0].alpha for _ in range(N)]
+    assert_matches_cdf(alphas, 0.025, 1.0, 0.5, 0.25)
+
+
+def test_make_accuracy_retrains_only_the_methods_whose_defaults_changed():
+    from benchmarks.accuracy.plan import GRIDS, methods, recipe
+
+    newer = {(m.family, m.label) for f in GRIDS for m in methods(f) if recipe(m) == 3}
+    assert newer == {("unstructured", "LCS+P+IN")}
