@@ -14,7 +14,6 @@ from benchmarks.accuracy import ab_report
 from benchmarks.accuracy.plan import AXIS, GRIDS
 from benchmarks.report import PLOTS, ROOT, load, table
 
-AB_NOTE = "(filled in below)"
 GOAL_POINTS = 1.0  # LCS within this many points of the network trained for the level alone
 TITLES = {"structured": "Structured sparsity", "unstructured": "Unstructured sparsity"}
 
@@ -286,12 +285,42 @@ def recipe_note(acc: dict[str, Any]) -> str:
             "A/B below (dense for the first 50 % of training, not 80 %, then half of the α "
             "draws from the most compressed quarter of the range)"
         )
-    return text + (
-        ". Recipe 2's unstructured LCS+P, for comparison, is row (a) of the A/B. The shipped "
-        "unstructured and quantization checkpoints are the best seed of recipe 2's runs "
-        "(`--ship`, before the A/B), the default structured model (`digits_structured_point`, "
-        "20 epochs, seed 0) predates issue 19's changes; none was retrained here."
+    return (
+        text
+        + ". Recipe 2's unstructured LCS+P, for comparison, is row (a) of the A/B. "
+        + shipped_note(acc)
+        + " The default structured model (`digits_structured_point`, 20 epochs, seed 0) "
+        "predates issue 19's changes and is not one of these runs."
     )
+
+
+def shipped_note(acc: dict[str, Any]) -> str:
+    """Whether each checkpoint `--ship` copies is one of the runs in the tables (same recipe)."""
+    from models import checkpoint
+    from models.train import TrainConfig
+
+    out = []
+    for family in ("unstructured", "quantization"):
+        path = ROOT / "models" / "weights" / f"digits_{family}_point.safetensors"
+        if family not in acc["families"] or not path.exists():
+            continue
+        meta, _ = checkpoint.read_metadata(path)
+        t = meta.training
+        now = TrainConfig(family=family)
+        # Checkpoints older than the option record no compressed_mix: recipe 2's 0.
+        same = all(
+            t.get(k, d) == getattr(now, k)
+            for k, d in (("prune_warmup", 0.8), ("compressed_mix", 0.0), ("compressed_span", 0.25))
+        )
+        name = f"`{path.name}` (seed {t['seed']})"
+        if same:
+            out.append(f"{name} is that seed's run in the {family} table")
+        else:
+            out.append(
+                f"{name} was trained with recipe 2, so it is not one of the {family} table's "
+                "LCS+P runs (row (a) of the A/B is its recipe)"
+            )
+    return ("Shipped checkpoints: " + "; ".join(out) + ".") if out else ""
 
 
 def main() -> None:
@@ -331,7 +360,7 @@ def main() -> None:
         parts.append(table2_section(t2))
     recipes = load("accuracy_ab")
     if recipes:
-        parts.append(ab_report.section(recipes, AB_NOTE))
+        parts.append(ab_report.section(recipes))
     ab = load("distill_ab")
     if ab:
         parts.append(distill_section(ab))

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy.plan import GRIDS, RECIPE, Method, methods, recipe
+from benchmarks.accuracy.plan import GRIDS, RECIPE, RECIPE_2_DEFAULTS, Method, methods, recipe
 from benchmarks.common import RESULTS, machine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,5 +205,23 @@ def _ship(family: str, results: list[dict[str, Any]], seeds: list[int], runs_dir
     if target == DEFAULT_CHECKPOINT:
         print(f"{family}: best is {best['label']}; the default model (20 epochs) stays")
         return
-    shutil.copyfile(runs_dir / f"{best['name']}-s{seed}.safetensors", target)
+    source = runs_dir / f"{best['name']}-s{seed}.safetensors"
+    if not _trained_as_today(source, family, best["kind"]):
+        # e.g. a checkpoint left in runs/ by an older recipe while the cache holds a newer one
+        print(f"{family}: {source} was not trained with today's defaults; nothing shipped")
+        return
+    shutil.copyfile(source, target)
     print(f"{family}: shipped {best['label']} seed {seed} as {target.relative_to(ROOT)}")
+
+
+def _trained_as_today(path: Path, family: str, kind: str) -> bool:
+    """Whether the checkpoint's recorded training options are today's defaults for it."""
+    from models.checkpoint import read_metadata
+    from models.train import TrainConfig
+
+    if not path.exists():
+        return False
+    t = read_metadata(path)[0].training
+    now = TrainConfig(family=family, kind=kind)
+    # Checkpoints older than the sampling options record none: recipe 2's values.
+    return all(t.get(k, d) == getattr(now, k) for k, d in RECIPE_2_DEFAULTS.items())
