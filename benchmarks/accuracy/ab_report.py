@@ -147,16 +147,20 @@ FINDINGS = """**What it shows.**
   1.2 below TopK 0.95 (recipe 2: −4.6, −32.8; paired gain +3.6 and +31.5), 0.3 and 0.9 below at
   50 / 75 %, and 84.1 % at 97.5 % pruned where recipe 2 reached 34.2 %. The price: 0.3–1.3
   points at 0–80 % pruned (the most at 70 %: 97.1 against 98.4). The goal (within 1 point) is met
-  at 50, 75 and 90 % (90 % at exactly −1.0) and missed by 0.2 at 95 %. (e) changes two things
-  at once; (b), the mixture alone, was not run for unstructured, so the split between them is not
-  measured.
+  at 50, 75 and 90 % (90 % at exactly −1.0) and missed by 0.2 at 95 %. Row (b), the mixture with
+  the reference's 80 % warm-up, separates the two changes (see its seeds).
+- **(f) = (e) + `--distill`** (a dense teacher pass each step, 2× the passes): it removes (e)'s
+  price at 0–80 % (98.7 % at 50 % pruned, +0.5 paired; 98.0 at 75 %) but costs 1.9 points at
+  95 % (paired, seeds 0–1; seed 0 92.9 against 96.7). Not adopted: the goal's worst cell is 95 %.
 - **Structured: nothing adopted.** The mixture (b) moved width 0.25 by +0.2 (paired, 2 seeds,
   within the spread) and cost 1.6 points at width 0.5: the sandwich already trains the width-0.25
   member every step, so more middle draws near it add no signal there and take it from the
-  middle.
-- **The width-0.25 gap is the norm, not weight sharing** (departure 8's control). A width-0.25
-  small CNN trained alone with InstanceNorm, the norm every LCS model here uses, reaches 83.3 %
-  (88.3 / 78.3) against 96.9 % with BatchNorm; structured LCS+P at 0.25 (91.0 %) is ~8 points
+  middle. Distillation (c'): seed 1 +1.6 at 0.25, −0.6 at 0.5; seed 0 (the earlier one-seed A/B
+  below) +0.2 / +0.6: about +0.9 / 0.0, inside the seed spread. **20 epochs (d)** is the one
+  that moves it: SEED_D.
+- **The width-0.25 gap is mostly the norm, not weight sharing** (departure 8's control). A
+  width-0.25 small CNN trained alone with InstanceNorm, the norm every LCS model here uses,
+  reaches CONTROL against 96.9 % with BatchNorm; structured LCS+P at 0.25 (91.0 %) is well
   *above* its like-for-like network. Likely cause: InstanceNorm right before global average
   pooling standardises every channel per image, so after the ReLU the pooled value of a channel
   depends only on the shape of its spatial distribution, not its strength; 128 channels at full
