@@ -277,7 +277,7 @@ def recipe_note(acc: dict[str, Any]) -> str:
         "(issue 19's fixes: grid widths keep round(γ·C) channels as the reference; "
         "quantization starts activation quantization at 0.8, LCS+P with a bit width per "
         "layer in [3, 8]; LCS+L endpoints initialised as the reference; the paper's uniform α, "
-        "no distillation), 10 epochs"
+        f"no distillation), {acc['settings']['epochs']} epochs"
     )
     if newer:
         text += (
