@@ -29,12 +29,29 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shift", type=int, default=2, help="random-shift augmentation in pixels")
     p.add_argument("--act-quant-start", type=float, default=0.8)
-    p.add_argument("--prune-warmup", type=float, default=0.8, help="unstructured: dense ramp")
+    p.add_argument(
+        "--prune-warmup",
+        type=float,
+        help="unstructured: the dense warm-up's fraction (default: 0.5 for LCS+P, 0.8 for LCS+L)",
+    )
     p.add_argument("--line-beta", type=float, default=0.0, help="β·cos²(ω1, ω2) for lines")
     p.add_argument(
         "--distill",
         action="store_true",
         help="in-place distillation: members learn from the most accurate one's softmax",
+    )
+    p.add_argument(
+        "--compressed-mix",
+        type=float,
+        metavar="P",
+        help="chance each uniform α is drawn from the compressed end instead (0: uniform; "
+        "default 0.5 for unstructured LCS+P, else 0)",
+    )
+    p.add_argument(
+        "--compressed-span",
+        type=float,
+        metavar="S",
+        help="the compressed end for --compressed-mix: this fraction of the α range",
     )
     p.add_argument("--max-train", type=int, help="use at most this many training images")
     p.add_argument("--norm", default="group", choices=NORMS, help="batch: baselines only")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models import checkpoint
+from models import checkpoint, families
 from models.compression import compress
 from models.data import Dataset, load_dataset, random_shift
 from models.evaluate import accuracy_at_levels, format_table, normalise
@@ -41,14 +41,20 @@ class TrainConfig:
     # 0.8); LCS+P trains 8 bits until then and a random bit width per layer after.
     act_quant_start: float = 0.8
     # Unstructured: the dense warm-up, as in the reference code. LCS+P trains dense for it;
-    # LCS+L ramps the pruned fraction from 0 to γ(α) over it.
-    prune_warmup: float = 0.8
+    # LCS+L ramps the pruned fraction from 0 to γ(α) over it. None = the family's default
+    # (Family.training_defaults: 0.8 as the reference, 0.5 for unstructured LCS+P).
+    prune_warmup: float | None = None
     # β·cos²(ω1, ω2) for lines (structured: on the norm scales, the only line parameters). The
     # paper's text does not use it (β = 0); the reference code has β = 1.
     line_beta: float = 0.0
     # In-place distillation (Universally Slimmable Networks): the most accurate member learns
     # from the labels, every other member from its detached softmax.
     distill: bool = False
+    # Sampling weighted toward the compressed end: each uniform α is, with this chance, drawn
+    # from the most compressed `compressed_span` of the range instead (0 = the paper's uniform).
+    # None = the family's default (0 but for unstructured LCS+P: 0.5 of the lowest 0.25).
+    compressed_mix: float | None = None
+    compressed_span: float | None = None
     max_train: int | None = None  # cap on training images (quick runs and tests)
     # Baselines (benchmarks/accuracy): BatchNorm, and training at given levels γ instead of
     # sampling the subspace — every γ in the tuple each step (Discrete), or one (fixed level).
@@ -65,17 +71,38 @@ class TrainConfig:
             raise ValueError(f"unknown architecture {self.arch!r}; choose {sorted(ARCHITECTURES)}")
         if self.family not in FAMILIES or self.kind not in KINDS:
             raise ValueError(f"family must be one of {FAMILIES}, kind one of {KINDS}")
+        # Resolve the family's defaults, so the checkpoint records what training used.
+        defaults = families.get(self.family).training_defaults(self.kind, not self.train_gammas)
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch size must be ≥ 1 and the learning rate > 0")
+        assert self.prune_warmup is not None and self.compressed_mix is not None
+        assert self.compressed_span is not None
         if not (0 <= self.act_quant_start <= 1 and 0 <= self.prune_warmup <= 1):
             raise ValueError(
                 "act_quant_start and prune_warmup are fractions of training, in [0, 1]"
             )
         if self.line_beta < 0:
             raise ValueError("line_beta must be ≥ 0")
+        if not (0 <= self.compressed_mix <= 1 and 0 < self.compressed_span <= 1):
+            raise ValueError("compressed_mix must lie in [0, 1] and compressed_span in (0, 1]")
         spec = SubspaceSpec(self.family, self.kind, norm=self.norm)
         for g in self.train_gammas:
             spec.calc.alpha(g)  # raises if γ is outside the family's range
+
+    def schedule(self, done: float) -> Schedule:
+        """Where training stands after the fraction `done`: this run's warm-ups and sampling."""
+        assert self.prune_warmup is not None and self.compressed_mix is not None
+        assert self.compressed_span is not None
+        return Schedule(
+            done,
+            self.prune_warmup,
+            self.act_quant_start,
+            self.compressed_mix,
+            self.compressed_span,
+        )
 
 
 def training_draws(
@@ -83,11 +110,10 @@ def training_draws(
 ) -> list[Draw]:
     """This step's members, most accurate first: the given levels for a baseline (every γ each
     step), else the family's sampling of α_n at this point of training (§3.3)."""
+    at = cfg.schedule(done)
     if cfg.train_gammas:
-        at = Schedule(done, cfg.prune_warmup, cfg.act_quant_start)
         alphas = sorted((spec.calc.alpha(g) for g in cfg.train_gammas), reverse=True)
         return [Draw(a, spec.handler.warmup_gamma(spec.calc, a, at)) for a in alphas]
-    at = Schedule(done, cfg.prune_warmup, cfg.act_quant_start)
     draws = spec.handler.sample(spec.calc, spec.kind, rng, at)
     teacher = Draw(spec.calc.alpha_max)  # the least compressed end: dense for unstructured
     if cfg.distill and draws[0] != teacher:
@@ -180,7 +206,7 @@ def train(cfg: TrainConfig, data: Dataset | None = None, progress: bool = True) 
         bar = _bar(batches, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
         for i, idx in enumerate(bar):
             done = (epoch * per_epoch + i) / total  # fraction of training behind us
-            at = Schedule(done, cfg.prune_warmup, cfg.act_quant_start)
+            at = cfg.schedule(done)
             if spec.handler.activations_quantized(at):
                 net.act_quant_enabled.fill_(True)
             x = normalise(random_shift(train_x[idx], cfg.shift, gen), mean, std)

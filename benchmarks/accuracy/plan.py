@@ -8,6 +8,10 @@ from dataclasses import dataclass
 # training defaults retrains instead of reusing stale runs. 2 = issue 19 (the reference's
 # sampling, warm-ups, GroupNorm groups and line initialisation; exact grid widths).
 RECIPE = 2
+# Recipe 2's sampling defaults. A method whose family now defaults to something else for it
+# (Family.training_defaults; issue 19's A/B: unstructured LCS+P) is recipe 3, so only its runs
+# retrain.
+RECIPE_2_DEFAULTS = {"prune_warmup": 0.8, "compressed_mix": 0.0, "compressed_span": 0.25}
 STRUCTURED_WIDTHS = (0.25, 0.5, 0.75, 1.0)  # Discrete's widths, and the single-width networks
 TOPK_TARGETS = (0.5, 0.75, 0.9, 0.95)  # fraction pruned each unstructured baseline trains at
 BIT_WIDTHS = (3, 4, 5, 6, 7, 8)
@@ -49,6 +53,14 @@ class Method:
         if self.train_gammas:
             return len(self.train_gammas)
         return 4 if self.family == "structured" else 1
+
+
+def recipe(m: Method) -> int:
+    """The recipe version a method trains with today (part of its cached runs' settings)."""
+    from models.families import get
+
+    defaults = get(m.family).training_defaults(m.kind, sampled=not m.train_gammas)
+    return RECIPE if defaults == RECIPE_2_DEFAULTS else 3
 
 
 def methods(family: str) -> list[Method]:

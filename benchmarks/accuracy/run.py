@@ -13,15 +13,23 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy.plan import GRIDS, RECIPE, Method, methods
+from benchmarks.accuracy.plan import GRIDS, RECIPE, RECIPE_2_DEFAULTS, Method, methods, recipe
 from benchmarks.common import RESULTS, machine
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = RESULTS / "accuracy-runs"  # one JSON per method × seed: reruns train only what is new
 
 
-def train_and_evaluate(method: Method, seed: int, epochs: int, max_train: int | None, out: str):
-    """Runs in a worker process with one thread: train, reload the checkpoint, evaluate."""
+def train_and_evaluate(
+    method: Method,
+    seed: int,
+    epochs: int,
+    max_train: int | None,
+    out: str,
+    overrides: dict[str, Any] | None = None,
+):
+    """Runs in a worker process with one thread: train, reload the checkpoint, evaluate.
+    `overrides` are further TrainConfig fields (the recipes of benchmarks.accuracy.ab)."""
     import torch
 
     from models import checkpoint
@@ -41,6 +49,7 @@ def train_and_evaluate(method: Method, seed: int, epochs: int, max_train: int | 
         seed=seed,
         max_train=max_train,
         out=out,
+        **(overrides or {}),
     )
     train(cfg, data, progress=False)
     net, meta, _ = checkpoint.load(out)
@@ -130,8 +139,14 @@ def _cache_path(m: Method, seed: int) -> Path:
     return CACHE / f"{m.name}-s{seed}.json"
 
 
+def method_settings(m: Method, settings: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings with the recipe this method trains with (plan.recipe)."""
+    return settings | {"recipe": recipe(m)}
+
+
 def _store(m: Method, seed: int, settings: dict[str, Any], result: dict[str, Any]) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
+    settings = method_settings(m, settings)
     record = {"method": _plain(m), "seed": seed, "settings": settings, **result}
     _cache_path(m, seed).write_text(json.dumps(record, indent=1))
 
@@ -141,7 +156,7 @@ def _cached(m: Method, seed: int, settings: dict[str, Any]) -> dict[str, Any] | 
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    same = record["settings"] == settings and record["method"] == _plain(m)
+    same = record["settings"] == method_settings(m, settings) and record["method"] == _plain(m)
     return record if same else None
 
 
@@ -172,7 +187,9 @@ def _collect(
             for g, a in by_gamma.items()
         ]
         train_s = [r["train_s"] for r in per_seed.values() if r is not None]
-        out.append({**asdict(m), "name": m.name, "rows": rows, "train_s": train_s})
+        out.append(
+            {**asdict(m), "name": m.name, "recipe": recipe(m), "rows": rows, "train_s": train_s}
+        )
     return out
 
 
@@ -188,5 +205,23 @@ def _ship(family: str, results: list[dict[str, Any]], seeds: list[int], runs_dir
     if target == DEFAULT_CHECKPOINT:
         print(f"{family}: best is {best['label']}; the default model (20 epochs) stays")
         return
-    shutil.copyfile(runs_dir / f"{best['name']}-s{seed}.safetensors", target)
+    source = runs_dir / f"{best['name']}-s{seed}.safetensors"
+    if not _trained_as_today(source, family, best["kind"]):
+        # e.g. a checkpoint left in runs/ by an older recipe while the cache holds a newer one
+        print(f"{family}: {source} was not trained with today's defaults; nothing shipped")
+        return
+    shutil.copyfile(source, target)
     print(f"{family}: shipped {best['label']} seed {seed} as {target.relative_to(ROOT)}")
+
+
+def _trained_as_today(path: Path, family: str, kind: str) -> bool:
+    """Whether the checkpoint's recorded training options are today's defaults for it."""
+    from models.checkpoint import read_metadata
+    from models.train import TrainConfig
+
+    if not path.exists():
+        return False
+    t = read_metadata(path)[0].training
+    now = TrainConfig(family=family, kind=kind)
+    # Checkpoints older than the sampling options record none: recipe 2's values.
+    return all(t.get(k, d) == getattr(now, k) for k, d in RECIPE_2_DEFAULTS.items())

@@ -51,6 +51,21 @@ class Schedule:
     progress: float  # fraction of training behind us, in [0, 1)
     prune_warmup: float = 0.8
     act_quant_start: float = 0.8
+    # Sampling weighted toward the compressed end (issue 19): each uniform draw of α is, with
+    # chance `compressed_mix`, drawn instead from the most compressed `compressed_span` of the
+    # range. 0 = the paper's U(α_min, α_max).
+    compressed_mix: float = 0.0
+    compressed_span: float = 0.25
+
+    def uniform_alpha(self, lo: float, hi: float, rng: random.Random) -> float:
+        """One draw from (1 − p)·U(lo, hi) + p·U(lo, lo + s·(hi − lo)), p = compressed_mix,
+        s = compressed_span. With p = 0 it is rng.uniform(lo, hi) and consumes the same
+        random numbers, so today's default trains bit for bit as before."""
+        if self.compressed_mix <= 0.0:
+            return rng.uniform(lo, hi)
+        if rng.random() < self.compressed_mix:
+            return rng.uniform(lo, lo + self.compressed_span * (hi - lo))
+        return rng.uniform(lo, hi)
 
 
 class Family:
@@ -100,6 +115,12 @@ class Family:
         raise NotImplementedError
 
     # -- training ----------------------------------------------------------------------------
+    def training_defaults(self, kind: str, sampled: bool = True) -> dict[str, float]:
+        """The training options a run of this family and kind gets when it sets none: the
+        warm-up length and the sampling toward the compressed end (TrainConfig's None).
+        `sampled` is False for the baselines that train at fixed levels."""
+        return {"prune_warmup": 0.8, "compressed_mix": 0.0, "compressed_span": 0.25}
+
     def sample(self, calc: Calculator, kind: str, rng: random.Random, at: Schedule) -> list[Draw]:
         """This step's members α_n (§3.3)."""
         raise NotImplementedError

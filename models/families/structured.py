@@ -67,7 +67,7 @@ class Structured(Family):
     def sample(self, calc: Calculator, kind: str, rng: random.Random, at: Schedule) -> list[Draw]:
         # The sandwich rule, most accurate member first (in-place distillation's teacher).
         lo, hi = calc.alpha_min, calc.alpha_max
-        middle = [Draw(rng.uniform(lo, hi)) for _ in range(self.config.samples - 2)]
+        middle = [Draw(at.uniform_alpha(lo, hi, rng)) for _ in range(self.config.samples - 2)]
         return [Draw(hi), Draw(lo), *middle]
 
     def profile_gammas(self, calc: Calculator) -> Sequence[float]:
