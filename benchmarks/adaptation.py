@@ -10,7 +10,6 @@ import re
 import statistics
 import subprocess
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,20 +19,6 @@ from benchmarks.common import save
 from tests.helpers import ROOT, digits, drive, encode, live_server, make_checkpoint
 
 TRAINED_C20 = ROOT / "models" / "weights" / "digits_cpreresnet20.safetensors"
-
-
-def drive_tiers(url: str, png: bytes, seconds: float) -> list[tuple[float, float, float, str]]:
-    """Sequential requests for `seconds`: (time sent, latency s, α, tier that served it)."""
-    out = []
-    end = time.monotonic() + seconds
-    with httpx.Client(base_url=url, timeout=30) as c:
-        while time.monotonic() < end:
-            t0 = time.monotonic()
-            r = c.post("/predict", content=png, headers={"content-type": "image/png"})
-            assert r.status_code == 200, r.text
-            level = r.json()["level"]
-            out.append((t0, time.monotonic() - t0, level["alpha"], level["tier"]))
-    return out
 
 
 def level_changes(url: str) -> dict[str, int]:
@@ -56,7 +41,7 @@ def summarise(samples, target_s: float, accuracy: dict[float, float]) -> dict[st
         "over_target": sum(x > target_s for x in lat) / len(lat),
         "mean_alpha": statistics.fmean(alphas),
     }
-    if samples and len(samples[0]) > 3:  # served on tier 1 (torch), not tier 2's session
+    if samples:  # served on tier 1 (torch), not tier 2's session
         row["tier1_share"] = sum(s[3] == "torch" for s in samples) / len(samples)
     if accuracy:
         near = [accuracy[min(accuracy, key=lambda a, x=x: abs(a - x))] for x in alphas]
@@ -100,7 +85,7 @@ def run(name: str, env: dict[str, str], png: bytes, burners: list[int], seconds:
                     else None
                 )
                 try:
-                    samples = drive_tiers(srv.url, png, seconds)
+                    samples = drive(srv.url, png, seconds)
                 finally:
                     if burner:
                         burner.wait(60)

@@ -199,8 +199,8 @@ def make_checkpoint(
     return path
 
 
-def drive(url: str, png: bytes, seconds: float) -> list[tuple[float, float, float]]:
-    """Sequential requests for `seconds`: (time sent, latency s, α that served it)."""
+def drive(url: str, png: bytes, seconds: float) -> list[tuple[float, float, float, str]]:
+    """Sequential requests for `seconds`: (time sent, latency s, α and tier that served it)."""
     out = []
     end = time.monotonic() + seconds
     with httpx.Client(base_url=url, timeout=30) as c:
@@ -208,5 +208,6 @@ def drive(url: str, png: bytes, seconds: float) -> list[tuple[float, float, floa
             t0 = time.monotonic()
             r = c.post("/predict", content=png, headers={"content-type": "image/png"})
             assert r.status_code == 200, r.text
-            out.append((t0, time.monotonic() - t0, r.json()["level"]["alpha"]))
+            level = r.json()["level"]
+            out.append((t0, time.monotonic() - t0, level["alpha"], level["tier"]))
     return out

@@ -16,14 +16,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.exclusive]
 BURNERS = 4  # on 2 cores: the server's thread gets about 2/5 of a core
 
 
-def p95(samples: list[tuple[float, float, float]]) -> float:
+def p95(samples: list[tuple[float, float, float, str]]) -> float:
     return statistics.quantiles([s[1] for s in samples], n=20, method="inclusive")[18]
 
 
 TOKEN = "e2e-operator"
 
 
-def under_load(url: str, png: bytes) -> tuple[float, list[tuple[float, float, float]]]:
+def under_load(url: str, png: bytes) -> tuple[float, list[tuple[float, float, float, str]]]:
     """Requests for 13 s beside CPU burners: (when the burners started, the samples)."""
     burner = subprocess.Popen(["stress-ng", "--cpu", str(BURNERS), "--timeout", "14s", "--quiet"])
     start = time.monotonic()
