@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,16 +62,13 @@ def inference_executor(threads: int) -> InferenceThread:
     return InferenceThread(threads)
 
 
-class InferenceThread(ThreadPoolExecutor):
+class InferenceThread(Executor):
     """One worker thread fed by a SimpleQueue. call(fn) queues work with no Future: the
     engines' batches, which hand their results back themselves (a ThreadPoolExecutor's
     submit makes a Future, a Condition and a work item per batch, and wakes its worker
-    through a semaphore). submit() is there for run_in_executor (warm-up, profiling). A
-    ThreadPoolExecutor by type only (what the daemon declares): none of its workers start,
-    every method that would start one is overridden here."""
+    through a semaphore). submit() is there for run_in_executor (warm-up, profiling)."""
 
     def __init__(self, threads: int) -> None:
-        super().__init__(1, thread_name_prefix="lcs-inference")
         self._queue: queue.SimpleQueue[tuple[Callable[[], object], Future[object] | None] | None]
         self._queue = queue.SimpleQueue()
         self._cancel = False

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ class Shared:
     settings: Settings
     metrics: Metrics
     threads: int  # torch intra-op threads (from the CPU quota)
-    inference: ThreadPoolExecutor  # the one inference thread
+    inference: Executor  # the one inference thread (engine.InferenceThread)
     decode_pool: ThreadPoolExecutor
     large_decode_pool: ThreadPoolExecutor  # images over the budget's small share: own lane
     decode_budget: DecodeBudget  # bytes of images being decoded at once, across models

@@ -8,7 +8,7 @@ import time
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.requests import ClientDisconnect
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.inference import Hints
@@ -63,17 +63,14 @@ class HotPath:
         scope["route"], scope["endpoint"], scope["path_params"] = route, route.endpoint, params
         try:
             d = deps.serving(deps.started(self.state.daemon))  # as the routes' ServingDep
-            received = time.perf_counter()
+            request = Request(scope, receive)  # Starlette's: reads the body as the routes do
             if route is self.predict_route:  # predict.predict with its defaults
-                deadline = d.deadline(scope)
-                d.registry.get(None)  # 404 before reading a body, as the route
-                data = await read_body(receive)
-                hints, top_k = Hints(), predict.TOP_K
-                r = await predict.predict_image(scope, d, None, data, top_k, hints, received,
-                                                deadline)  # fmt: skip
+                r = await predict.predict_image(
+                    request, d, None, predict.TOP_K, Hints(), predict.read_body
+                )
                 content, headers = r.model_dump_json().encode(), JSON
             else:  # v2.model_infer and v2.model_version_infer
-                body = await read_body(receive)
+                received, body = time.perf_counter(), await request.body()
                 name, version = params["name"], params.get("version")
                 model = d.registry.get(name) if version is None else v2.versioned(d, name, version)
                 content, headers = await v2.infer(scope, d, model, body, received)
@@ -89,19 +86,5 @@ class HotPath:
 
 
 def _raw_image(scope: Scope) -> bool:
-    """The content types /predict reads as the raw image (read_one_image's rule)."""
-    ctype = (v2.header(scope, b"content-type") or "").split(";")[0].strip().lower()
-    return ctype.startswith("image/") or ctype == "application/octet-stream"
-
-
-async def read_body(receive: Receive) -> bytes:
-    """The whole body, as Starlette's Request.body(): ClientDisconnect if the client left."""
-    chunks = []
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.request":
-            chunks.append(msg.get("body", b""))
-            if not msg.get("more_body", False):
-                return b"".join(chunks)
-        elif msg["type"] == "http.disconnect":
-            raise ClientDisconnect()
+    """A body /predict reads as the raw image (read_one_image's rule, not multipart)."""
+    return predict.is_raw_image(predict.media_type(v2.header(scope, b"content-type")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import torch
@@ -11,7 +12,6 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
-from starlette.types import Scope
 
 from server.daemon import Daemon
 from server.errors import ServingError
@@ -173,24 +173,23 @@ async def predict_batch_model(
 async def _predict(
     request: Request, d: ReadyDep, name: str | None, top_k: int, hints: Hints
 ) -> PredictResponse:
-    received, deadline = time.perf_counter(), d.deadline(request.scope)
-    d.registry.get(name)  # 404 before reading a body for a model that does not exist
-    data = await read_one_image(request)
-    return await predict_image(request.scope, d, name, data, top_k, hints, received, deadline)
+    return await predict_image(request, d, name, top_k, hints, read_one_image)
 
 
 async def predict_image(
-    scope: Scope,
+    request: Request,
     d: Daemon,
     name: str | None,
-    data: bytes,
     top_k: int,
     hints: Hints,
-    received: float,
-    deadline: float,
+    read: Callable[[Request], Awaitable[bytes]],
 ) -> PredictResponse:
-    """One encoded image through the model `name` (None: the default); also called by
-    server.routes.fast for a raw-image /predict."""
+    """One encoded image, read by `read`, through the model `name` (None: the default); also
+    called by server.routes.fast for a raw-image /predict."""
+    scope = request.scope
+    received, deadline = time.perf_counter(), d.deadline(scope)
+    d.registry.get(name)  # 404 before reading a body for a model that does not exist
+    data = await read(request)
     # Resolved again after the read, and entered at once: a replacement that happened
     # meanwhile serves this request with the new version.
     model = d.registry.get(name)
@@ -224,15 +223,29 @@ async def _batch(
     )
 
 
+def media_type(content_type: str | None) -> str:
+    """A Content-Type header's media type, lower-case, without parameters."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def is_raw_image(ctype: str) -> bool:
+    """The media types /predict reads as the raw image body."""
+    return ctype.startswith("image/") or ctype == "application/octet-stream"
+
+
+async def read_body(request: Request) -> bytes:
+    return await request.body()
+
+
 async def read_one_image(request: Request) -> bytes:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request.headers.get("content-type"))
     if ctype == "multipart/form-data":
         form = await _form(request, max_files=1)
         up = form.get("file")
         if not isinstance(up, UploadFile):
             raise HTTPException(422, "multipart field 'file' with an image is required")
         return await up.read()
-    if ctype.startswith("image/") or ctype == "application/octet-stream":
+    if is_raw_image(ctype):
         return await request.body()
     raise HTTPException(
         415,
@@ -242,7 +255,7 @@ async def read_one_image(request: Request) -> bytes:
 
 
 async def read_uploads(request: Request, limit: int) -> list[UploadFile]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request.headers.get("content-type"))
     if ctype != "multipart/form-data":
         raise HTTPException(415, "send the images as multipart/form-data fields named 'files'")
     form = await _form(request, max_files=limit)

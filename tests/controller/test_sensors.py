@@ -258,24 +258,33 @@ def test_reader_reports_the_cpu_the_daemon_may_use(v2):
     assert Readings(time=0).cpu_free_cores is None
 
 
-@pytest.mark.parametrize(("my_nice", "expected"), [(0, 0.5), (10, 1.5)])
-def test_niced_work_yields_to_the_daemon_unless_it_is_niced_too(tmp_path, my_nice, expected):
-    from controller.cpushare import CpuShare
+def stat_line(user: int, nice: int) -> str:
+    """/proc/stat's line for one CPU: `user` and `nice` jiffies, 1000 idle."""
+    return f"cpu0 {user} {nice} 0 1000 0 0 0 0 0 0\n"
 
-    def stat_line(user, nice):
-        return f"cpu0 {user} {nice} 0 1000 0 0 0 0 0 0\n"
+
+def fake_share(tmp_path, me, **kwargs):
+    """A CpuShare over a fake /proc (one CPU, its counters at 0) and the fake process `me`
+    (pid 10), on a clock the test moves: (share, the /proc directory, the clock)."""
+    from controller.cpushare import CpuShare
 
     proc = tmp_path / "proc"
     write(proc, "stat", stat_line(0, 0))
     clock = {"t": 0.0}
-    me = FakeProcess(10, [0.0])
-    me.nice = lambda: my_nice
     ps = FakePsutil()
     ps.Process = lambda pid: me
     share = CpuShare(
         proc_root=str(proc), ps=ps, pid=10, cpus=lambda: {0}, clock=lambda: clock["t"],
-        clk_tck=100,
+        clk_tck=100, **kwargs,
     )  # fmt: skip
+    return share, proc, clock
+
+
+@pytest.mark.parametrize(("my_nice", "expected"), [(0, 0.5), (10, 1.5)])
+def test_niced_work_yields_to_the_daemon_unless_it_is_niced_too(tmp_path, my_nice, expected):
+    me = FakeProcess(10, [0.0])
+    me.nice = lambda: my_nice
+    share, proc, clock = fake_share(tmp_path, me)
     share.sample()
     write(proc, "stat", stat_line(50, 100))  # in 1 s: 0.5 core at nice 0, 1 core niced
     clock["t"] = 1.0
@@ -324,24 +333,11 @@ def test_a_niced_child_is_counted_only_where_niced_time_is(tmp_path, my_nice, ex
     # A daemon at nice 0 ignores that column, so the child's 0.2 s must not be taken off
     # the busy time either (other work would read 0.3 core, not 0.5); a niced daemon
     # counts both.
-    from controller.cpushare import CpuShare
-
-    def stat_line(user, nice):
-        return f"cpu0 {user} {nice} 0 1000 0 0 0 0 0 0\n"
-
-    proc = tmp_path / "proc"
-    write(proc, "stat", stat_line(0, 0))
-    clock = {"t": 0.0}
     child = FakeProcess(11, [0.0, 0.2])
     child.nice = lambda: my_nice + 10
     me = FakeProcess(10, [0.0, 0.3], children=[child])
     me.nice = lambda: my_nice
-    ps = FakePsutil()
-    ps.Process = lambda pid: me
-    share = CpuShare(
-        proc_root=str(proc), ps=ps, pid=10, cpus=lambda: {0}, clock=lambda: clock["t"],
-        tau_s=1e-9, clk_tck=100,
-    )  # fmt: skip
+    share, proc, clock = fake_share(tmp_path, me, tau_s=1e-9)
     share.sample()
     # in 1 s: 0.8 core at nice 0 (the daemon's 0.3 and others' 0.5), 1.0 niced (the
     # child's 0.2 and others' 0.8)
