@@ -8,12 +8,13 @@ import multiprocessing
 import shutil
 import statistics
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from benchmarks.accuracy.plan import GRIDS, RECIPE, RECIPE_2_DEFAULTS, Method, methods, recipe
+from benchmarks.accuracy.plan import GRIDS, RECIPE_2_DEFAULTS, Method, epochs, methods, recipe
 from benchmarks.common import RESULTS, machine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--families", nargs="+", default=list(GRIDS), choices=list(GRIDS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, help="every run this long (default: plan.EPOCHS)")
     ap.add_argument("--max-train", type=int, help="cap on training images (smoke runs)")
     ap.add_argument("--workers", type=int, default=2, help="parallel trainings, 1 thread each")
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "accuracy"), help="checkpoints")
@@ -74,16 +75,11 @@ def main() -> None:
     def selected(family: str) -> list[Method]:
         return [m for m in methods(family) if not chosen or m.label in chosen]
 
-    settings = {
-        "epochs": args.epochs,
-        "max_train": args.max_train,
-        "dataset": "digits",
-        "recipe": RECIPE,
-    }
+    settings = {"epochs": args.epochs, "max_train": args.max_train, "dataset": "digits"}
     jobs = [(m, s) for f in args.families for m in selected(f) for s in args.seeds]
-    todo = [(m, s) for m, s in jobs if _cached(m, s, settings) is None]
+    todo = [(m, s) for m, s in jobs if cached(m, s, settings) is None]
     # Seed by seed, so a cut-short run still has whole seeds; longest first within a seed.
-    todo.sort(key=lambda job: (job[1], -job[0].passes))
+    todo.sort(key=lambda job: (job[1], -job[0].passes * epochs(job[0])))
     print(f"{len(jobs)} trainings, {len(jobs) - len(todo)} cached, {len(todo)} to run", flush=True)
     _run(todo, settings, args)
 
@@ -99,60 +95,80 @@ def main() -> None:
     print(f"saved {path}")
     if args.ship:
         for family in args.families:
-            _ship(family, results[family], args.seeds, Path(args.runs_dir))
+            _ship(family, results[family], args.seeds, Path(args.runs_dir), settings)
+
+
+K = TypeVar("K")
+
+
+def in_pool(
+    jobs: Sequence[tuple[K, Callable[..., dict[str, Any]], tuple[Any, ...]]], workers: int
+) -> Iterator[tuple[K, dict[str, Any], float]]:
+    """Run fn(*args) for each (key, fn, args) in worker processes; yields (key, result,
+    minutes since the start) as each finishes."""
+    start = time.perf_counter()
+    # spawn: a fresh interpreter per worker, no forked torch thread pools.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = {pool.submit(fn, *a): key for key, fn, a in jobs}
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result(), (time.perf_counter() - start) / 60
 
 
 def _run(todo: list[tuple[Method, int]], settings: dict[str, Any], args) -> None:
-    if not todo:
-        return
-    start, done = time.perf_counter(), 0
-    # spawn: a fresh interpreter per worker, no forked torch thread pools.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-        futures = {
-            pool.submit(
-                train_and_evaluate,
+    jobs = [
+        (
+            (m, s),
+            train_and_evaluate,
+            (
                 m,
                 s,
-                args.epochs,
+                method_settings(m, settings)["epochs"],
                 args.max_train,
-                str(Path(args.runs_dir) / f"{m.name}-s{s}.safetensors"),
-            ): (m, s)
-            for m, s in todo
-        }
-        for fut in as_completed(futures):
-            m, s = futures[fut]
-            result = fut.result()
-            _store(m, s, settings, result)
-            done += 1
-            elapsed = time.perf_counter() - start
-            eta = elapsed / done * (len(todo) - done)
-            best = max(r["accuracy"] for r in result["rows"])
-            print(
-                f"[{done:3}/{len(todo)}] {m.family:12} {m.label:10} seed {s}: "
-                f"{result['train_s']:5.0f} s, best {100 * best:.1f}%, ETA {eta / 60:.1f} min",
-                flush=True,
-            )
+                str(checkpoint_path(Path(args.runs_dir), m, s, settings)),
+            ),
+        )
+        for m, s in todo
+    ]
+    for done, ((m, s), result, minutes) in enumerate(in_pool(jobs, args.workers), 1):
+        _store(m, s, settings, result)
+        eta = minutes / done * (len(todo) - done)
+        best = max(r["accuracy"] for r in result["rows"])
+        print(
+            f"[{done:3}/{len(todo)}] {m.family:12} {m.label:10} seed {s}: "
+            f"{result['train_s']:5.0f} s, best {100 * best:.1f}%, ETA {eta:.1f} min",
+            flush=True,
+        )
 
 
-def _cache_path(m: Method, seed: int) -> Path:
-    return CACHE / f"{m.name}-s{seed}.json"
+def _run_name(m: Method, seed: int, settings: dict[str, Any]) -> str:
+    return f"{m.name}-e{method_settings(m, settings)['epochs']}-s{seed}"
+
+
+def _cache_path(m: Method, seed: int, settings: dict[str, Any]) -> Path:
+    return CACHE / f"{_run_name(m, seed, settings)}.json"
+
+
+def checkpoint_path(runs_dir: Path, m: Method, seed: int, settings: dict[str, Any]) -> Path:
+    return runs_dir / f"{_run_name(m, seed, settings)}.safetensors"
 
 
 def method_settings(m: Method, settings: dict[str, Any]) -> dict[str, Any]:
-    """The run's settings with the recipe this method trains with (plan.recipe)."""
-    return settings | {"recipe": recipe(m)}
+    """The run's settings as this method trains: its recipe (plan.recipe) and its epochs
+    (the run's --epochs, else plan.epochs)."""
+    return settings | {"recipe": recipe(m), "epochs": settings.get("epochs") or epochs(m)}
 
 
 def _store(m: Method, seed: int, settings: dict[str, Any], result: dict[str, Any]) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     settings = method_settings(m, settings)
     record = {"method": _plain(m), "seed": seed, "settings": settings, **result}
-    _cache_path(m, seed).write_text(json.dumps(record, indent=1))
+    _cache_path(m, seed, settings).write_text(json.dumps(record, indent=1))
 
 
-def _cached(m: Method, seed: int, settings: dict[str, Any]) -> dict[str, Any] | None:
-    path = _cache_path(m, seed)
+def cached(m: Method, seed: int, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored run of this method and seed with these settings, if there is one."""
+    path = _cache_path(m, seed, settings)
     if not path.exists():
         return None
     record = json.loads(path.read_text())
@@ -171,7 +187,7 @@ def _collect(
     """Per method: accuracy per γ for every seed, and its mean and sample deviation."""
     out = []
     for m in chosen:
-        per_seed = {s: _cached(m, s, settings) for s in seeds}
+        per_seed = {s: cached(m, s, settings) for s in seeds}
         by_gamma: dict[float, list[float]] = {}
         for record in per_seed.values():
             assert record is not None
@@ -188,12 +204,25 @@ def _collect(
         ]
         train_s = [r["train_s"] for r in per_seed.values() if r is not None]
         out.append(
-            {**asdict(m), "name": m.name, "recipe": recipe(m), "rows": rows, "train_s": train_s}
+            {
+                **asdict(m),
+                "name": m.name,
+                "recipe": recipe(m),
+                "epochs": method_settings(m, settings)["epochs"],
+                "rows": rows,
+                "train_s": train_s,
+            }
         )
     return out
 
 
-def _ship(family: str, results: list[dict[str, Any]], seeds: list[int], runs_dir: Path) -> None:
+def _ship(
+    family: str,
+    results: list[dict[str, Any]],
+    seeds: list[int],
+    runs_dir: Path,
+    settings: dict[str, Any],
+) -> None:
     """The LCS model with the best mean accuracy over the grid joins models/weights/."""
     from models.checkpoint import DEFAULT_CHECKPOINT
 
@@ -205,7 +234,8 @@ def _ship(family: str, results: list[dict[str, Any]], seeds: list[int], runs_dir
     if target == DEFAULT_CHECKPOINT:
         print(f"{family}: best is {best['label']}; the default model (20 epochs) stays")
         return
-    source = runs_dir / f"{best['name']}-s{seed}.safetensors"
+    method = next(m for m in methods(family) if m.name == best["name"])
+    source = checkpoint_path(runs_dir, method, seed, settings)
     if not _trained_as_today(source, family, best["kind"]):
         # e.g. a checkpoint left in runs/ by an older recipe while the cache holds a newer one
         print(f"{family}: {source} was not trained with today's defaults; nothing shipped")

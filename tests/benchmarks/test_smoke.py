@@ -156,7 +156,9 @@ def test_accuracy_report_shows_what_the_checkpoints_score(results, tmp_path):
     assert (results / "plots" / "accuracy_unstructured.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((results / "accuracy.json").read_text())["families"]["unstructured"]
     lcs = next(m for m in saved if m["label"] == "LCS+P+IN")
-    net, meta, _ = checkpoint.load(results / "checkpoints" / f"{lcs['name']}-s0.safetensors")
+    net, meta, _ = checkpoint.load(
+        results / "checkpoints" / f"{lcs['name']}-e{lcs['epochs']}-s0.safetensors"
+    )
     data = load_digits()
     gamma = lcs["rows"][-1]["gamma"]
     again = accuracy_at_levels(net, data.test, [meta.spec.calc.alpha(gamma)], meta.mean, meta.std)
