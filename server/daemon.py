@@ -35,6 +35,9 @@ READING_GAUGES = (
     ("memory_pressure_ratio", "memory_pressure"),
     ("battery_percent", "battery_percent"),
     ("cpu_limit_cores", "cgroup_cpu_limit_cores"),
+    ("cpu_other_cores", "other_cpu_cores"),
+    ("cpu_own_cores", "own_cpu_cores"),
+    ("cpu_free_cores", "cpu_free_cores"),
 )
 
 

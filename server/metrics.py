@@ -155,6 +155,9 @@ class Metrics:
                 ("memory_pressure_ratio", "PSI memory some avg10, 0–1"),
                 ("battery_percent", "Battery charge (absent on mains-only machines)"),
                 ("cpu_limit_cores", "cgroup CPU quota in cores"),
+                ("cpu_other_cores", "Cores other work takes on the daemon's CPUs, smoothed"),
+                ("cpu_own_cores", "Cores the daemon's process tree uses, smoothed"),
+                ("cpu_free_cores", "Cores the daemon could use now (the share objective's budget)"),
             )
         }
         self.sensor_errors = Counter(

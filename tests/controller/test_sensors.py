@@ -218,7 +218,7 @@ def test_cpu_share_separates_the_daemon_from_other_work(tmp_path):
     ps.Process = lambda pid: me
     share = CpuShare(
         proc_root=str(proc), ps=ps, pid=10, cpus=lambda: {0, 1}, clock=lambda: clock["t"],
-        tau_s=0.5, clk_tck=100,
+        tau_s=0.5, attack_s=0.2, clk_tck=100,
     )  # fmt: skip
     assert share.sample() == (None, None)  # a baseline only
     # 1 s later: CPUs 0 and 1 busy 60 + 80 ticks (CPU 2 is not ours: ignored); the daemon
@@ -230,13 +230,21 @@ def test_cpu_share_separates_the_daemon_from_other_work(tmp_path):
     clock["t"] = 1.05  # too close for tick resolution: no new sample, same values
     assert share.sample() == pytest.approx((0.9, 0.5))
     # 1 s more: busy +150 ticks, the daemon +0.5 s, the child gone → raw other 1.0, own 0.5;
-    # smoothed with weight 1 − e^(−1 / 0.5)
+    # other work rose: smoothed with the attack's weight 1 − e^(−1 / 0.2)
     child.times.clear()
     write(proc, "stat", stat({0: 260, 1: 330, 2: 450}, idle=1200))
     clock["t"] = 2.0
-    w = 1 - math.exp(-2.0)
+    rise = 1 - math.exp(-1 / 0.2)
     other, own = share.sample()
-    assert other == pytest.approx(0.9 + w * (1.0 - 0.9)) and own == pytest.approx(0.5)
+    assert other == pytest.approx(0.9 + rise * (1.0 - 0.9)) and own == pytest.approx(0.5)
+    # 1 s more: busy +50 ticks, all the daemon's (+0.5 s) → raw other 0: it fell, so the
+    # release's weight 1 − e^(−1 / 0.5)
+    me.times[:] = [2.3]  # its last reading was 1.8
+    write(proc, "stat", stat({0: 285, 1: 355, 2: 450}, idle=1300))
+    clock["t"] = 3.0
+    fall = 1 - math.exp(-1 / 0.5)
+    before = 0.9 + rise * 0.1
+    assert share.sample()[0] == pytest.approx(before + fall * (0.0 - before))
 
 
 def test_reader_reports_the_cpu_the_daemon_may_use(v2):
@@ -285,6 +293,20 @@ def test_niced_work_yields_to_the_daemon_unless_it_is_niced_too(tmp_path, my_nic
     me = FakeProcess(10, [0.0])
     me.nice = lambda: my_nice
     share, proc, clock = fake_share(tmp_path, me)
+    share.sample()
+    write(proc, "stat", stat_line(50, 100))  # in 1 s: 0.5 core at nice 0, 1 core niced
+    clock["t"] = 1.0
+    assert share.sample()[0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("enabled", "expected"), [("1", 1.5), ("0", 0.5)])
+def test_niced_work_counts_when_the_kernel_groups_tasks_by_session(tmp_path, enabled, expected):
+    # With autogroup, niceness weighs only inside a session: a niced job of another session
+    # takes its fair share from a daemon at nice 0.
+    me = FakeProcess(10, [0.0])
+    me.nice = lambda: 0
+    share, proc, clock = fake_share(tmp_path, me)
+    write(proc, "sys/kernel/sched_autogroup_enabled", f"{enabled}\n")
     share.sample()
     write(proc, "stat", stat_line(50, 100))  # in 1 s: 0.5 core at nice 0, 1 core niced
     clock["t"] = 1.0
