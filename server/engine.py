@@ -45,6 +45,14 @@ class _Item:
         self.trace = tracing.capture()  # its span context; None: tracing off
 
 
+@dataclass(frozen=True)
+class _Traced:
+    """What tracing.batch_done reads of a request that ran inline."""
+
+    trace: Any
+    enqueued: float
+
+
 def _expire(future: asyncio.Future[Result]) -> None:
     if not future.done():
         future.set_exception(DeadlineExceeded("no result within the request's deadline"))
@@ -54,6 +62,7 @@ def _expire(future: asyncio.Future[Result]) -> None:
 # (probs, level run, tier, precision)
 Forward = Callable[[torch.Tensor, Level | None], tuple[torch.Tensor, Level, str, *tuple[str, ...]]]
 Observer = Callable[[int, float, str], None]  # (batch size, forward seconds, tier)
+Inline = Callable[[], bool]  # whether a lone request may run its pass on the event loop now
 
 
 def inference_executor(threads: int) -> InferenceThread:
@@ -72,16 +81,31 @@ class InferenceThread(Executor):
         self._queue: queue.SimpleQueue[tuple[Callable[[], object], Future[object] | None] | None]
         self._queue = queue.SimpleQueue()
         self._cancel = False
+        # Jobs queued and finished: equal when the thread has nothing to do. Only the worker
+        # counts finished ones; jobs are queued by the event loop and by the worker itself
+        # (an engine's drain queues its next batch), so that count takes a lock.
+        self._queued = 0
+        self._finished = 0
+        self._count = threading.Lock()
         self._thread = threading.Thread(
             target=self._work, args=(threads,), name="lcs-inference", daemon=True
         )
         self._thread.start()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or running."""
+        return self._queued == self._finished
+
     def call(self, fn: Callable[[], object]) -> None:
+        with self._count:
+            self._queued += 1
         self._queue.put((fn, None))
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
+        with self._count:
+            self._queued += 1
         self._queue.put((functools.partial(fn, *args, **kwargs), future))
         return future
 
@@ -94,19 +118,24 @@ class InferenceThread(Executor):
     def _work(self, threads: int) -> None:
         torch.set_num_threads(threads)
         while (job := self._queue.get()) is not None:
-            fn, future = job
-            if future is None:
-                if not self._cancel:
-                    fn()  # an engine's drain: it reports its own errors to its requests
-                continue
-            if self._cancel:
-                future.cancel()
-            if not future.set_running_or_notify_cancel():
-                continue
             try:
-                future.set_result(fn())
-            except BaseException as e:
-                future.set_exception(e)
+                self._run(*job)
+            finally:
+                self._finished += 1
+
+    def _run(self, fn: Callable[[], object], future: Future[object] | None) -> None:
+        if future is None:
+            if not self._cancel:
+                fn()  # an engine's drain: it reports its own errors to its requests
+            return
+        if self._cancel:
+            future.cancel()
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as e:
+            future.set_exception(e)
 
 
 class Engine:
@@ -128,8 +157,10 @@ class Engine:
         max_queue: int,
         executor: Executor,
         on_batch: Observer | None = None,
+        inline: Inline | None = None,
     ) -> None:
         self._forward = forward
+        self._inline = inline
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self._pending: collections.deque[_Item] = collections.deque()
         # Guards _pending against the inference thread and _scheduled: a drain job is queued
@@ -158,9 +189,18 @@ class Engine:
         """Run `fn` on the inference thread (warm-up, profiling): never beside a forward pass."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def infer(self, x: torch.Tensor, deadline: float, level: Level | None = None) -> Result:
+    async def infer(
+        self, x: torch.Tensor, deadline: float, level: Level | None = None, single: bool = False
+    ) -> Result:
         """x (C, H, W) through the queue; `deadline` is a time.monotonic() instant; `level`
-        pins the request to a level of its own (else it runs at the one current then)."""
+        pins the request to a level of its own (else it runs at the one current then).
+        `single`: x is its request's only row, so it has nothing to batch with but what other
+        requests queue; with the inference thread idle and `inline` saying yes (a pass short
+        enough, no other request in the daemon), it runs right here on the event loop."""
+        if single and level is None and self._inline_now():
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded("no result within the request's deadline")
+            return self._run_inline(x)
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -187,6 +227,34 @@ class Engine:
             return await item.future
         finally:
             timer.cancel()
+
+    def _inline_now(self) -> bool:
+        """Nothing of any model waits or runs on the inference thread, no batch window is
+        open or asked for, and the model says its pass is short and the request alone."""
+        ex = self._executor
+        return (
+            self._inline is not None
+            and self.max_wait_s == 0
+            and not self._pending
+            and not self._stopped
+            and isinstance(ex, InferenceThread)
+            and ex.idle
+            and self._inline()
+        )
+
+    def _run_inline(self, x: torch.Tensor) -> Result:
+        """One pass at the current level on the calling thread, reported as a batch of one
+        that waited for nothing: the same Result, metrics and spans as through the queue."""
+        start = time.perf_counter()
+        probs, ran, tier, *precision = self._forward(x.unsqueeze(0), None)
+        seconds = time.perf_counter() - start
+        if self._on_batch:
+            self._on_batch(1, seconds, tier)
+        trace = tracing.capture()
+        if trace is not None:
+            tracing.batch_done([_Traced(trace, start)], ran, tier, start, seconds)
+        return Result(probs[0], ran, tier, 0.0, seconds, 1, 0.0,
+                      precision[0] if precision else "fp32")  # fmt: skip
 
     def _submit(self) -> None:
         self._timer = None

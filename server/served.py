@@ -20,7 +20,7 @@ from models.checkpoint import Metadata
 from server.admission import DecodeBudget
 from server.engine import Engine
 from server.exporter import Exporter
-from server.inference import InferenceService
+from server.inference import DaemonLoad, InferenceService
 from server.int8 import Calibration
 from server.levels import LevelState
 from server.metrics import Metrics, ModelMetrics
@@ -45,6 +45,7 @@ class Shared:
     large_decode_pool: ThreadPoolExecutor  # images over the budget's small share: own lane
     decode_budget: DecodeBudget  # bytes of images being decoded at once, across models
     exporter: Exporter | None  # tier 2's export process, shared; None when tier 2 is off
+    load: DaemonLoad = field(default_factory=DaemonLoad)  # requests in any model's service
 
 
 @dataclass(eq=False)
@@ -109,7 +110,9 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
         # The queue must be able to hold a whole request, or it could never be served.
         max_images=min(s.max_batch_images, s.max_queue),
         tier2=_tier2(net, meta, path, level, shared, metrics),
+        load=shared.load,
     )
+    inline_s = s.inline_forward_max_ms / 1e3
     engine = Engine(
         service.forward,
         max_batch=s.max_batch_size,
@@ -117,6 +120,7 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
         max_queue=s.max_queue,
         executor=shared.inference,
         on_batch=lambda n, sec, tier: _on_batch(metrics, n, sec, tier),
+        inline=(lambda: service.inline_ok(inline_s)) if inline_s > 0 else None,
     )
     model = ServedModel(
         name, version, digest, path, meta, net, level, service, engine, metrics, service.tier2

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1)  # default: from the cgroup CPU quota
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_batch_wait_ms: float = Field(0.0, ge=0, le=1000)
+    # A lone request whose forward pass is predicted this short runs it on the event loop
+    # when nothing else is in the daemon: the hop to the inference thread and back (two
+    # wake-ups, a GIL hand-over each way) cost more than such a pass. 0: never.
+    inline_forward_max_ms: float = Field(1.0, ge=0, le=10)
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(10.0, gt=0)
     drain_timeout_s: float = Field(20.0, ge=0)

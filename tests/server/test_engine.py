@@ -199,3 +199,87 @@ def test_inference_thread_runs_submitted_work_in_order_and_cancels_on_shutdown()
     held.set()
     pool._thread.join(5)
     assert late.cancelled() and order == ["a", "b"]
+
+
+def forward_on(threads: list[str]):
+    """A forward pass that records which thread ran it; each row becomes its own sum."""
+    level = FakeLevel(1.0)
+
+    def forward(x: torch.Tensor, _level=None):
+        threads.append(threading.current_thread().name)
+        return x.flatten(1).sum(1, keepdim=True), level, "onnx"
+
+    return forward
+
+
+def test_a_lone_short_pass_runs_on_the_event_loop_only_when_allowed():
+    async def main():
+        threads: list[str] = []
+        allow = {"inline": True}
+        engine = Engine(
+            forward_on(threads), max_batch=8, max_wait_s=0.0, max_queue=8,
+            executor=inference_executor(1), inline=lambda: allow["inline"],
+        )  # fmt: skip
+        engine.start()
+        x = torch.full((1, 2, 2), 3.0)
+        inline = await engine.infer(x, soon(5), single=True)
+        queued = await engine.infer(x, soon(5))  # not its request's only row: queued
+        allow["inline"] = False
+        refused = await engine.infer(x, soon(5), single=True)
+        allow["inline"] = True
+        pinned = await engine.infer(x, soon(5), FakeLevel(0.5), single=True)  # a level of its own
+        await engine.stop()
+        return threads, [inline, queued, refused, pinned]
+
+    threads, results = asyncio.run(main())
+    assert threads == ["MainThread", "lcs-inference", "lcs-inference", "lcs-inference"]
+    for r in results:
+        assert float(r.probabilities[0]) == 12.0 and r.batch_size == 1 and r.tier == "onnx"
+    assert results[0].queue_s == 0.0
+
+
+def test_no_pass_runs_inline_while_the_inference_thread_is_busy():
+    """Two passes never run at once: a lone request waits its turn behind a running batch."""
+
+    async def main():
+        threads: list[str] = []
+        started, release = threading.Event(), threading.Event()
+        engine = Engine(
+            forward_on(threads), max_batch=8, max_wait_s=0.0, max_queue=8,
+            executor=inference_executor(1), inline=lambda: True,
+        )  # fmt: skip
+        engine.start()
+        loop = asyncio.get_running_loop()
+        other = loop.run_in_executor(engine._executor, lambda: (started.set(), release.wait(5)))
+        await asyncio.to_thread(started.wait, 5)
+        lone = asyncio.create_task(engine.infer(torch.ones(1, 1, 1), soon(5), single=True))
+        await asyncio.sleep(0.05)
+        assert not lone.done()  # queued behind the busy thread, not run beside it
+        release.set()
+        await other
+        result = await lone
+        await engine.stop()
+        return threads, result
+
+    threads, result = asyncio.run(main())
+    assert threads == ["lcs-inference"] and float(result.probabilities[0]) == 1.0
+
+
+def test_daemon_load_allows_inline_passes_only_to_one_client_at_a_time(monkeypatch):
+    from server import inference
+    from server.inference import PROBE, DaemonLoad
+
+    clock = {"t": 100.0}
+    monkeypatch.setattr(inference.time, "monotonic", lambda: clock["t"])
+    load = DaemonLoad()
+    load.enter()
+    lone = [load.alone() for _ in range(2 * PROBE)]
+    # every PROBE-th lone request takes the inference thread: the probe for hidden overlap
+    assert lone.count(False) == 2 and not lone[PROBE - 1] and not lone[2 * PROBE - 1]
+    load.enter()  # a second request arrives while the first is inside: overlap
+    assert not load.alone()
+    load.leave()
+    clock["t"] += inference.OVERLAP_HOLD_S - 0.01
+    assert not any(load.alone() for _ in range(PROBE))  # held off for a while after overlap
+    clock["t"] += 0.02
+    assert load.alone()
