@@ -155,7 +155,7 @@ class Engine:
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
-        executor: Executor,
+        executor: InferenceThread,
         on_batch: Observer | None = None,
         inline: Inline | None = None,
     ) -> None:
@@ -231,14 +231,12 @@ class Engine:
     def _inline_now(self) -> bool:
         """Nothing of any model waits or runs on the inference thread, no batch window is
         open or asked for, and the model says its pass is short and the request alone."""
-        ex = self._executor
         return (
             self._inline is not None
             and self.max_wait_s == 0
             and not self._pending
             and not self._stopped
-            and isinstance(ex, InferenceThread)
-            and ex.idle
+            and self._executor.idle
             and self._inline()
         )
 
@@ -261,10 +259,7 @@ class Engine:
         self._queue_drain()
 
     def _queue_drain(self) -> None:
-        if isinstance(self._executor, InferenceThread):
-            self._executor.call(self._drain)
-        else:  # any other executor (tests): the same job through its submit
-            self._executor.submit(self._drain)
+        self._executor.call(self._drain)
 
     # On the inference thread.
 

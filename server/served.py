@@ -6,7 +6,7 @@ import asyncio
 import logging
 import statistics
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from controller.policy import LevelPoint, OperatorPolicy, Profile
 from models import Level, SubspaceNet, checkpoint
 from models.checkpoint import Metadata
 from server.admission import DecodeBudget
-from server.engine import Engine
+from server.engine import Engine, InferenceThread
 from server.exporter import Exporter
 from server.inference import DaemonLoad, InferenceService
 from server.int8 import Calibration
@@ -40,7 +40,7 @@ class Shared:
     settings: Settings
     metrics: Metrics
     threads: int  # torch intra-op threads (from the CPU quota)
-    inference: Executor  # the one inference thread (engine.InferenceThread)
+    inference: InferenceThread  # the one inference thread, every model's forward passes
     decode_pool: ThreadPoolExecutor
     large_decode_pool: ThreadPoolExecutor  # images over the budget's small share: own lane
     decode_budget: DecodeBudget  # bytes of images being decoded at once, across models
