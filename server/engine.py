@@ -62,7 +62,7 @@ def _expire(future: asyncio.Future[Result]) -> None:
 # (probs, level run, tier, precision)
 Forward = Callable[[torch.Tensor, Level | None], tuple[torch.Tensor, Level, str, *tuple[str, ...]]]
 Observer = Callable[[int, float, str], None]  # (batch size, forward seconds, tier)
-Inline = Callable[[], bool]  # whether a lone request may run its pass on the event loop now
+Inline = Callable[[], bool]  # whether a pass at the current point is short enough to run inline
 
 
 def inference_executor(threads: int) -> InferenceThread:
@@ -190,14 +190,14 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def infer(
-        self, x: torch.Tensor, deadline: float, level: Level | None = None, single: bool = False
+        self, x: torch.Tensor, deadline: float, level: Level | None = None, lone: bool = False
     ) -> Result:
         """x (C, H, W) through the queue; `deadline` is a time.monotonic() instant; `level`
         pins the request to a level of its own (else it runs at the one current then).
-        `single`: x is its request's only row, so it has nothing to batch with but what other
-        requests queue; with the inference thread idle and `inline` saying yes (a pass short
-        enough, no other request in the daemon), it runs right here on the event loop."""
-        if single and level is None and self._inline_now():
+        `lone`: x is the only row of the only request in the daemon (DaemonLoad.alone), so
+        it has nothing to batch with; with the inference thread idle and `inline` saying its
+        pass is short, it runs right here on the event loop."""
+        if lone and level is None and self._inline_now():
             if time.monotonic() >= deadline:
                 raise DeadlineExceeded("no result within the request's deadline")
             return self._run_inline(x)
@@ -230,7 +230,7 @@ class Engine:
 
     def _inline_now(self) -> bool:
         """Nothing of any model waits or runs on the inference thread, no batch window is
-        open or asked for, and the model says its pass is short and the request alone."""
+        open or asked for, and the model says its pass is short."""
         return (
             self._inline is not None
             and self.max_wait_s == 0

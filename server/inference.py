@@ -126,15 +126,16 @@ class InferenceService:
         self.in_flight += 1
         self.load.enter()
         try:
+            lone = len(images) == 1 and self.load.alone()  # may skip both thread hops
             start = time.perf_counter()
             with tracing.span("decode", {"lcs.images": len(images)}):
                 # Every wait inside is bounded by the deadline (admission.decode_admitted).
                 if len(images) == 1:  # gather would wrap the lone decode in a task of its own
-                    xs = [await self._decode(images[0], deadline)]
+                    xs = [await self._decode(images[0], deadline, lone)]
                 else:
                     xs = await asyncio.gather(*(self._decode(d, deadline) for d in images))
             decode_s = time.perf_counter() - start
-            results = await self._infer(xs, deadline, alpha)
+            results = await self._infer(xs, deadline, alpha, lone)
             return self._done([replace(r, decode_s=decode_s) for r in results], received)
         finally:
             self.in_flight -= 1
@@ -148,7 +149,9 @@ class InferenceService:
         self.in_flight += 1
         self.load.enter()
         try:
-            return self._done(await self._infer(list(x.unbind(0)), deadline, alpha), received)
+            lone = x.shape[0] == 1 and self.load.alone()
+            rows = list(x.unbind(0))
+            return self._done(await self._infer(rows, deadline, alpha, lone), received)
         finally:
             self.in_flight -= 1
             self.load.leave()
@@ -191,23 +194,23 @@ class InferenceService:
             return None  # the current point meets the hints
         return alpha  # pinned, so in fp32: perhaps the current level's own fp32 point
 
-    async def _decode(self, data: bytes, deadline: float) -> torch.Tensor:
+    async def _decode(self, data: bytes, deadline: float, lone: bool = False) -> torch.Tensor:
         """One image: header check, its decoded bytes reserved from the daemon's decode budget,
         then decoded in the pool (never on the event loop). Per-image tasks, so one request of
         many large images cannot hold the pool for everyone else."""
         return await decode_admitted(
-            self.decode_pool, self.preprocess, self.budget, data, deadline, self.large_pool
+            self.decode_pool, self.preprocess, self.budget, data, deadline, self.large_pool, lone
         )
 
     async def _infer(
-        self, xs: list[torch.Tensor], deadline: float, alpha: float | None = None
+        self, xs: list[torch.Tensor], deadline: float, alpha: float | None, lone: bool
     ) -> list[Result]:
         assert self.engine is not None
         engine = self.engine
         level = None if alpha is None else await self.level.level_at(alpha)
         with tracing.model(self.metrics.name):  # queued requests carry it to their spans
             if len(xs) == 1:  # gather would wrap the lone call in a task of its own
-                results = [await engine.infer(xs[0], deadline, level, single=True)]
+                results = [await engine.infer(xs[0], deadline, level, lone)]
             else:
                 results = await asyncio.gather(*(engine.infer(x, deadline, level) for x in xs))
         for r in results:
@@ -265,14 +268,11 @@ class InferenceService:
             self._precision_shown = precision
             self.metrics.int8.set(precision == "int8")
 
-    def inline_ok(self, max_s: float) -> bool:
-        """Whether a request arriving now may run its pass on the event loop: it is alone in
-        the daemon, and a pass of one at the point it would run (α, tier, precision) has been
-        seen to take at most `max_s` lately. Seen, not predicted: the latency timed when a
-        session is built varies by 2× with what ran beside it, and a point never run yet
-        (just swapped in) goes through the inference thread first."""
-        if not self.load.alone():
-            return False
+    def pass_short(self, max_s: float) -> bool:
+        """Whether a pass of one at the point a request would run now (α, tier, precision)
+        has been seen to take at most `max_s` lately (Engine's inline gate). Seen, not
+        predicted: the latency timed when a session is built varies by 2× with what ran
+        beside it, and a point never run yet (just swapped in) goes through the thread."""
         t2, level = self.tier2, self.level
         p = None if t2 is None else t2.serving(level.current, level.precision)
         key = (level.current.alpha, "torch" if p is None else "onnx", p.precision if p else "fp32")

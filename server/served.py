@@ -120,7 +120,7 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
         max_queue=s.max_queue,
         executor=shared.inference,
         on_batch=lambda n, sec, tier: _on_batch(metrics, n, sec, tier),
-        inline=(lambda: service.inline_ok(inline_s)) if inline_s > 0 else None,
+        inline=(lambda: service.pass_short(inline_s)) if inline_s > 0 else None,
     )
     model = ServedModel(
         name, version, digest, path, meta, net, level, service, engine, metrics, service.tier2

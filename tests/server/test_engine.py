@@ -222,12 +222,12 @@ def test_a_lone_short_pass_runs_on_the_event_loop_only_when_allowed():
         )  # fmt: skip
         engine.start()
         x = torch.full((1, 2, 2), 3.0)
-        inline = await engine.infer(x, soon(5), single=True)
+        inline = await engine.infer(x, soon(5), lone=True)
         queued = await engine.infer(x, soon(5))  # not its request's only row: queued
         allow["inline"] = False
-        refused = await engine.infer(x, soon(5), single=True)
+        refused = await engine.infer(x, soon(5), lone=True)
         allow["inline"] = True
-        pinned = await engine.infer(x, soon(5), FakeLevel(0.5), single=True)  # a level of its own
+        pinned = await engine.infer(x, soon(5), FakeLevel(0.5), lone=True)  # a level of its own
         await engine.stop()
         return threads, [inline, queued, refused, pinned]
 
@@ -252,7 +252,7 @@ def test_no_pass_runs_inline_while_the_inference_thread_is_busy():
         loop = asyncio.get_running_loop()
         other = loop.run_in_executor(engine._executor, lambda: (started.set(), release.wait(5)))
         await asyncio.to_thread(started.wait, 5)
-        lone = asyncio.create_task(engine.infer(torch.ones(1, 1, 1), soon(5), single=True))
+        lone = asyncio.create_task(engine.infer(torch.ones(1, 1, 1), soon(5), lone=True))
         await asyncio.sleep(0.05)
         assert not lone.done()  # queued behind the busy thread, not run beside it
         release.set()
