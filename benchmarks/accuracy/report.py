@@ -315,8 +315,9 @@ def epochs_text(acc: dict[str, Any]) -> str:
         return f"{DEFAULT_EPOCHS} epochs"
     return (
         f"{DEFAULT_EPOCHS} epochs (structured {', '.join(longer)}: the longer schedule issue "
-        "19's A/B showed pays for structured LCS+P, given to the single-width networks of "
-        "the widths the goal was missed at too, so those cells compare runs of equal length)"
+        "19's A/B showed pays for structured LCS+P, given to every single-width network too, "
+        "so each cell of the goal compares runs of equal length; Discrete and Sandwich, "
+        "outside the goal, stay at 10)"
     )
 
 
