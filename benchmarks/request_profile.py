@@ -46,6 +46,8 @@ COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
         ("controller", r"controller/"),
         ("lcs routes (hot path, handlers)", r"server/routes/"),
         ("lcs middleware", r"server/middleware\.py"),
+        # the response's send(2): on loopback the kernel runs the client's TCP receive in it
+        ("socket write (send syscall, kernel TCP)", r"^OneWrite\.(write|flush) "),
         ("FastAPI/Starlette routing + deps", r"fastapi/|starlette/|anyio/"),
         ("uvicorn HTTP parsing", r"uvicorn/|server/main\.py|httptools"),
         ("asyncio (tasks, futures)", r"asyncio/"),
