@@ -67,7 +67,8 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, help="cap on training images (smoke runs)")
     ap.add_argument("--workers", type=int, default=2, help="parallel trainings, 1 thread each")
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "accuracy"), help="checkpoints")
-    ap.add_argument("--ship", action="store_true", help="copy each family's best LCS model")
+    ship = "copy the best LCS+P seed of these families (none named: every family run)"
+    ap.add_argument("--ship", nargs="*", choices=list(GRIDS), metavar="FAMILY", help=ship)
     ap.add_argument("--methods", nargs="+", metavar="LABEL", help="only these (smoke runs)")
     args = ap.parse_args()
     chosen = set(args.methods or [])
@@ -93,8 +94,8 @@ def main() -> None:
         )
     )
     print(f"saved {path}")
-    if args.ship:
-        for family in args.families:
+    if args.ship is not None:
+        for family in args.ship or args.families:
             _ship(family, results[family], args.seeds, Path(args.runs_dir), settings)
 
 
@@ -223,22 +224,25 @@ def _ship(
     runs_dir: Path,
     settings: dict[str, Any],
 ) -> None:
-    """The LCS model with the best mean accuracy over the grid joins models/weights/."""
-    from models.checkpoint import DEFAULT_CHECKPOINT
+    """The family's LCS+P network, the seed with the best accuracy over the grid, becomes
+    models/weights/digits_{family}_point (the structured one is the default model). Not
+    copied when that file already holds the same weights, so a rerun leaves git clean."""
+    from safetensors.torch import load_file
 
-    lcs = [r for r in results if r["role"] == "lcs"]
-    best = max(lcs, key=lambda r: statistics.fmean(x["mean"] for x in r["rows"]))
+    from models.checkpoint import content_hash
+
+    best = next(r for r in results if r["role"] == "lcs" and r["kind"] == "point")
     totals = {s: sum(row["seeds"][i] for row in best["rows"]) for i, s in enumerate(seeds)}
     seed = max(totals, key=lambda s: totals[s])
-    target = DEFAULT_CHECKPOINT.parent / f"digits_{family}_{best['kind']}.safetensors"
-    if target == DEFAULT_CHECKPOINT:
-        print(f"{family}: best is {best['label']}; the default model (20 epochs) stays")
-        return
+    target = ROOT / "models" / "weights" / f"digits_{family}_point.safetensors"
     method = next(m for m in methods(family) if m.name == best["name"])
     source = checkpoint_path(runs_dir, method, seed, settings)
-    if not _trained_as_today(source, family, best["kind"]):
+    if not _trained_as_today(source, family, "point"):
         # e.g. a checkpoint left in runs/ by an older recipe while the cache holds a newer one
         print(f"{family}: {source} was not trained with today's defaults; nothing shipped")
+        return
+    if target.exists() and content_hash(load_file(source)) == content_hash(load_file(target)):
+        print(f"{family}: {target.relative_to(ROOT)} already is {best['label']} seed {seed}")
         return
     shutil.copyfile(source, target)
     print(f"{family}: shipped {best['label']} seed {seed} as {target.relative_to(ROOT)}")
