@@ -295,8 +295,6 @@ def recipe_note(acc: dict[str, Any]) -> str:
         text
         + ". Recipe 2's unstructured LCS+P, for comparison, is row (a) of the A/B. "
         + shipped_note(acc)
-        + " The default structured model (`digits_structured_point`, 20 epochs, seed 0) "
-        "predates issue 19's changes and is not one of these runs."
     )
 
 
@@ -322,32 +320,35 @@ def epochs_text(acc: dict[str, Any]) -> str:
 
 
 def shipped_note(acc: dict[str, Any]) -> str:
-    """Whether each checkpoint `--ship` copies is one of the runs in the tables (same recipe)."""
+    """Whether each checkpoint `--ship` copies is one of the runs in the tables: the same
+    epochs and seed, and its stored accuracy that seed's row at every level."""
     from models import checkpoint
-    from models.train import TrainConfig
 
     out = []
-    for family in ("unstructured", "quantization"):
+    for family in ("structured", "unstructured", "quantization"):
         path = ROOT / "models" / "weights" / f"digits_{family}_point.safetensors"
         if family not in acc["families"] or not path.exists():
             continue
         meta, _ = checkpoint.read_metadata(path)
         t = meta.training
-        now = TrainConfig(family=family)
-        # Checkpoints older than the option record no compressed_mix: recipe 2's 0.
-        same = all(
-            t.get(k, d) == getattr(now, k)
-            for k, d in (("prune_warmup", 0.8), ("compressed_mix", 0.0), ("compressed_span", 0.25))
-        )
-        name = f"`{path.name}` (seed {t['seed']})"
-        if same:
+        lcs = next(m for m in acc["families"][family] if m["label"] == "LCS+P+IN")
+        name = f"`{path.name}` (seed {t['seed']}, {t['epochs']} epochs)"
+        if _is_run(meta, lcs, acc["seeds"]):
             out.append(f"{name} is that seed's run in the {family} table")
         else:
-            out.append(
-                f"{name} was trained with recipe 2, so it is not one of the {family} table's "
-                "LCS+P runs (row (a) of the A/B is its recipe)"
-            )
+            out.append(f"{name} is not one of the {family} table's LCS+P runs")
     return ("Shipped checkpoints: " + "; ".join(out) + ".") if out else ""
+
+
+def _is_run(meta: Any, lcs: dict[str, Any], seeds: list[int]) -> bool:
+    t = meta.training
+    if t["seed"] not in seeds or t["epochs"] != lcs.get("epochs", DEFAULT_EPOCHS):
+        return False
+    i = seeds.index(t["seed"])
+    stored = {round(r["gamma"], 6): r["accuracy"] for r in meta.accuracy}
+    table = {round(r["gamma"], 6): r["seeds"][i] for r in lcs["rows"]}
+    both = stored.keys() & table.keys()  # a checkpoint stores its calculator's grid
+    return len(both) >= 2 and all(stored[g] == table[g] for g in both)
 
 
 def main() -> None:
