@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, Future
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -148,7 +149,6 @@ async def decode_admitted(
             return _decode(preprocess, ins, nbytes)
         finally:
             budget.release(nbytes)
-    loop = asyncio.get_running_loop()
     lane = large_pool if large_pool is not None and nbytes > budget.small else pool
     try:
         cf = lane.submit(_decode, preprocess, ins, nbytes)
@@ -156,24 +156,49 @@ async def decode_admitted(
         budget.release(nbytes)
         raise
     del ins  # the pool task holds the only reference to the opened image
+    # The bytes are in use until the decode really ends, even after we stopped waiting.
+    return await _wait(cf, deadline, functools.partial(budget.release, nbytes))
 
-    def done(_: object) -> None:
-        # The bytes are in use until the decode really ends, even after we stopped waiting.
+
+async def _wait(cf: Future[T], deadline: float, finished: Callable[[], None] | None = None) -> T:
+    """The pool's result, back on the loop in one wake-up: when the work really ends, its done
+    callback hands the outcome and `finished` (the budget's release) over in a single
+    call_soon_threadsafe, where asyncio.wait_for over wrap_future made a task, two futures
+    and a wake-up for each. A timer keeps the deadline; work not started by then never is."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[T] = loop.create_future()
+
+    def settle(f: Future[T]) -> None:  # on the loop
+        if finished is not None:
+            finished()
+        if waiter.done() or f.cancelled():
+            return
+        error = f.exception()
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(f.result())
+
+    def done(f: Future[T]) -> None:  # on the pool's thread (or here, if cancelled or done)
         with contextlib.suppress(RuntimeError):  # a closed loop: nothing is left to admit
-            loop.call_soon_threadsafe(budget.release, nbytes)
+            loop.call_soon_threadsafe(settle, f)
 
     cf.add_done_callback(done)
-    return await _wait(cf, deadline)
-
-
-async def _wait(cf: Future[T], deadline: float) -> T:
+    timer = loop.call_later(max(0.0, deadline - time.monotonic()), _expire, waiter, cf)
     try:
-        return await asyncio.wait_for(
-            asyncio.wrap_future(cf), max(0.0, deadline - time.monotonic())
-        )
-    except TimeoutError:
+        return await waiter
+    finally:
+        timer.cancel()
+        if waiter.cancelled():  # the request went away: a decode not started never starts
+            cf.cancel()
+
+
+def _expire(waiter: asyncio.Future[Any], cf: Future[Any]) -> None:
+    if not waiter.done():
         cf.cancel()  # if it has not started, it never will
-        raise DecodeDeadline("the image was not decoded before the request's deadline") from None
+        waiter.set_exception(
+            DecodeDeadline("the image was not decoded before the request's deadline")
+        )
 
 
 # Large decodes free big blocks; glibc keeps freed heap memory resident (the issue saw ~1 GB

@@ -287,6 +287,46 @@ def test_a_lone_requests_small_image_decodes_on_the_loop_and_a_large_one_in_the_
     asyncio.run(main())
 
 
+def test_a_decode_past_its_deadline_answers_504_and_holds_its_bytes_until_it_ends(digit):
+    from server.admission import DecodeDeadline
+
+    pre = Preprocessor(1, 28, 28, (0.1,), (0.3,), 40_000_000)
+    slow = Preprocessor(1, 28, 28, (0.1,), (0.3,), 40_000_000)
+    busy, running = threading.Event(), threading.Event()
+
+    def decode_slowly(ins):
+        running.set()
+        busy.wait(5)  # a decode that outlives its request
+        return pre.decode_inspected(ins)
+
+    object.__setattr__(slow, "decode_inspected", decode_slowly)
+
+    async def main() -> None:
+        budget = DecodeBudget(64 * MiB)
+        with ThreadPoolExecutor(1) as pool:
+            blocker = pool.submit(busy.wait, 5)  # the pool is busy: a decode waits its turn
+            with pytest.raises(DecodeDeadline):
+                await decode_admitted(pool, pre, budget, digit, time.monotonic() + 0.05)
+            await asyncio.sleep(0.01)
+            assert budget.free == budget.total  # never started: cancelled, its bytes back
+            busy.set()
+            await asyncio.wrap_future(blocker)
+            busy.clear()
+            with pytest.raises(DecodeDeadline):  # started, then its deadline passed
+                await decode_admitted(pool, slow, budget, digit, time.monotonic() + 0.1)
+            assert running.is_set() and budget.free < budget.total  # still decoding: held
+            busy.set()
+            for _ in range(100):
+                if budget.free == budget.total:
+                    break
+                await asyncio.sleep(0.01)
+            assert budget.free == budget.total  # released when the decode really ended
+            x = await decode_admitted(pool, pre, budget, digit, time.monotonic() + 5)
+            assert torch.equal(x, pre(digit)) and budget.free == budget.total
+
+    asyncio.run(main())
+
+
 def test_concurrent_large_images_are_bounded_by_the_budget_and_ordinary_requests_go_on(srv, digit):
     big = png(Image.new("RGBA", (3000, 3000), (90, 90, 90, 200)))  # 82 MB to decode: 2 fit
     too_big = png(Image.new("RGBA", (6300, 6300), (90, 90, 90, 200)))  # 357 MB > the budget
