@@ -73,7 +73,7 @@ class DaemonLoad:
         waiting in sockets (or in gRPC's queue) would never show as overlap; hence every
         PROBE-th lone request takes the inference thread, and while its pass runs there the
         loop reads what waits: under concurrency that is overlap, which stops inline passes
-        for OVERLAP_HOLD_S (measured: without the probe, gRPC at c=32 ran ~20 % slower)."""
+        for OVERLAP_HOLD_S (measured: with neither, gRPC at c=32 ran ~20 % slower)."""
         if self.requests != 1 or time.monotonic() - self.overlapped_at < OVERLAP_HOLD_S:
             return False
         self.lone += 1
