@@ -11,7 +11,7 @@ from models.data import load_digits
 from models.evaluate import accuracy_at_levels
 from tests.helpers import ROOT
 
-SHIPPED = ["unstructured", "quantization"]
+SHIPPED = ["structured", "unstructured", "quantization"]  # structured: the default model
 
 
 @pytest.fixture(scope="module")
