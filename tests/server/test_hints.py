@@ -16,7 +16,7 @@ def test_min_accuracy_rises_above_the_controllers_level_and_max_latency_lowers_i
     arrs, _ = digits(6)
     pngs = [encode(a) for a in arrs]
 
-    async def main() -> list[tuple[int, str, dict]]:
+    async def main() -> tuple[list[tuple[int, str, dict]], set[float]]:
         # The daemon sits at its most compressed level, where a controller would put it on a
         # busy machine (started there, no controller to move it: deterministic).
         async with running(controller_enabled=False, initial_alpha=0.0) as (d, client):
@@ -24,6 +24,7 @@ def test_min_accuracy_rises_above_the_controllers_level_and_max_latency_lowers_i
             bottom = model.level.calc.alpha_min
             assert model.level.current.alpha == bottom
             best = max(p.accuracy or 0 for p in model.profile)
+            reach = {p.alpha for p in model.profile if (p.accuracy or 0) >= best}
             out = []
 
             async def post(j: int, kind: str, params: dict) -> None:
@@ -49,13 +50,13 @@ def test_min_accuracy_rises_above_the_controllers_level_and_max_latency_lowers_i
             r = await client.post("/predict", content=pngs[0], headers=PNG,
                                   params={"max_latency_ms": 0.001})  # fmt: skip
             assert r.status_code == 422 and "fixed" in r.json()["error"]
-            return out
+            return out, reach
 
-    out = asyncio.run(main())
+    out, reach = asyncio.run(main())
     for j, kind, body in out:
         alpha = body["level"]["alpha"]
         if kind == "floor":
-            assert alpha == 1.0  # only full width reaches the best accuracy
+            assert alpha in reach  # a level whose held-out accuracy is the best
         elif kind == "plain":
             assert alpha == 0.0  # where the controller is
         else:
