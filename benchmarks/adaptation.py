@@ -10,20 +10,16 @@ import re
 import statistics
 import subprocess
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 
 from benchmarks.common import save
+from benchmarks.load import wait_for_tier
 from tests.helpers import ROOT, digits, drive, encode, live_server, make_checkpoint
 
 TRAINED_C20 = ROOT / "models" / "weights" / "digits_cpreresnet20.safetensors"
-
-
-def tier2_enabled() -> bool:
-    return os.environ.get("LCS_TIER2_ENABLED", "1").lower() not in ("0", "false", "no")
 
 
 def level_changes(url: str) -> dict[str, int]:
@@ -33,17 +29,6 @@ def level_changes(url: str) -> dict[str, int]:
     found = Counter({m[1]: int(float(m[2])) for m in re.finditer(pattern, text, re.M)})
     found.pop("startup", None)
     return dict(found)
-
-
-def settle(url: str, png: bytes, timeout: float = 60.0) -> bool:
-    """Serve until tier 2 serves the start-up level (the state a pinned daemon runs in), so
-    neither mode is measured while its first session is still being built. False when tier 2
-    never serves within `timeout` (turned off, or refused)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if drive(url, png, 0.25)[-1][3] == "onnx":
-            return True
-    return False
 
 
 def summarise(samples, target_s: float, accuracy: dict[float, float]) -> dict[str, float]:
@@ -68,8 +53,7 @@ def summarise(samples, target_s: float, accuracy: dict[float, float]) -> dict[st
 
 def run(name: str, env: dict[str, str], png: bytes, burners: list[int], seconds: float):
     with live_server({**env, "LCS_CONTROLLER_ENABLED": "0"}) as srv:
-        if tier2_enabled():
-            settle(srv.url, png)
+        wait_for_tier(srv.url)  # tier 2 serves the start-up level (when it is on)
         idle = drive(srv.url, png, 3)
         profile = httpx.get(srv.url + "/level").json()["profile"]
     median = statistics.median(s[1] for s in idle)
@@ -88,7 +72,8 @@ def run(name: str, env: dict[str, str], png: bytes, burners: list[int], seconds:
             }
             with live_server({**env, **extra}) as srv:
                 drive(srv.url, png, 1)
-                settled_t2 = settle(srv.url, png) if tier2_enabled() else False
+                # Both modes start as a pinned daemon runs: on the tier that settles.
+                settled_t2 = wait_for_tier(srv.url) == "onnx"
                 burner = (
                     subprocess.Popen(
                         [
@@ -217,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
             f"of a request  pinned/adaptive misses {ratio}  {g['goal']}: {verdict}",
             flush=True,
         )
-    tier2 = tier2_enabled()
+    tier2 = os.environ.get("LCS_TIER2_ENABLED", "1").lower() not in ("0", "false", "no")
     print(
         "saved",
         save(

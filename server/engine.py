@@ -243,16 +243,23 @@ class Engine:
     def _run_inline(self, x: torch.Tensor) -> Result:
         """One pass at the current level on the calling thread, reported as a batch of one
         that waited for nothing: the same Result, metrics and spans as through the queue."""
-        start = time.perf_counter()
-        probs, ran, tier, *precision = self._forward(x.unsqueeze(0), None)
-        seconds = time.perf_counter() - start
-        if self._on_batch:
-            self._on_batch(1, seconds, tier)
+        rows, ran, tier, precision, start, seconds = self._pass(x.unsqueeze(0), None)
         trace = tracing.capture()
         if trace is not None:
             tracing.batch_done([_Traced(trace, start)], ran, tier, start, seconds)
-        return Result(probs[0], ran, tier, 0.0, seconds, 1, 0.0,
-                      precision[0] if precision else "fp32")  # fmt: skip
+        return Result(rows[0], ran, tier, 0.0, seconds, 1, 0.0, precision)
+
+    def _pass(
+        self, x: torch.Tensor, level: Level | None
+    ) -> tuple[tuple[torch.Tensor, ...], Level, str, str, float, float]:
+        """One forward pass, timed and reported to `on_batch`: (rows, level run, tier,
+        precision, start, seconds)."""
+        start = time.perf_counter()
+        probs, ran, tier, *precision = self._forward(x, level)
+        seconds = time.perf_counter() - start
+        if self._on_batch:
+            self._on_batch(len(x), seconds, tier)
+        return probs.unbind(0), ran, tier, precision[0] if precision else "fp32", start, seconds
 
     def _submit(self) -> None:
         self._timer = None
@@ -294,14 +301,7 @@ class Engine:
         cost more than the forward pass saved."""
         assert self._loop is not None
         try:
-            x = torch.stack([i.x for i in batch])  # (B, C, H, W)
-            start = time.perf_counter()
-            probs, ran, tier, *precision = self._forward(x, batch[0].level)
-            seconds = time.perf_counter() - start
-            if self._on_batch:
-                self._on_batch(len(batch), seconds, tier)
-            done = (probs.unbind(0), ran, tier, precision[0] if precision else "fp32", start,
-                    seconds)  # fmt: skip
+            done = self._pass(torch.stack([i.x for i in batch]), batch[0].level)  # (B, C, H, W)
         except Exception as e:
             self._loop.call_soon_threadsafe(_fail, batch, e)
             return

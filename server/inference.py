@@ -25,7 +25,7 @@ from server.errors import HintError, NotReady, TooMany
 from server.levels import LevelState
 from server.metrics import ModelMetrics
 from server.preprocess import Preprocessor
-from server.tier2 import Tier2
+from server.tier2 import Prepared, Tier2
 
 __all__ = ["Hints", "InferenceService", "Result"]
 
@@ -273,9 +273,9 @@ class InferenceService:
         has been seen to take at most `max_s` lately (Engine's inline gate). Seen, not
         predicted: the latency timed when a session is built varies by 2× with what ran
         beside it, and a point never run yet (just swapped in) goes through the thread."""
-        t2, level = self.tier2, self.level
-        p = None if t2 is None else t2.serving(level.current, level.precision)
-        key = (level.current.alpha, "torch" if p is None else "onnx", p.precision if p else "fp32")
+        p = self._served()
+        tier, precision = ("torch", "fp32") if p is None else ("onnx", p.precision)
+        key = (self.level.current.alpha, tier, precision)
         seen = self._pass_s.get(key)
         return seen is not None and seen <= max_s
 
@@ -286,9 +286,13 @@ class InferenceService:
 
     def precision(self) -> str:
         """The precision a request arriving now would run in: the point actually served."""
-        t2, level = self.tier2, self.level
-        p = None if t2 is None else t2.serving(level.current, level.precision)
+        p = self._served()
         return "fp32" if p is None else p.precision
+
+    def _served(self) -> Prepared | None:
+        """Tier 2's session for the current point, if it serves it."""
+        t2, level = self.tier2, self.level
+        return None if t2 is None else t2.serving(level.current, level.precision)
 
     def _profiled(self, alpha: float) -> float | None:
         """Without a controller: the non-forward part seen lately plus the profiled forward."""
