@@ -217,6 +217,9 @@ class Tuning:
     # model whose requests are mostly overhead (the digit CNN: forward 13 %) would otherwise
     # move for a cut of a few per cent, and serve from tier 1 until tier 2 holds the level.
     min_cut: float = 0.10
+    # compress for the latency target only if it cuts the predicted latency by 10 %: a few
+    # per cent over it is inside the noise of the observed quantile (the same tier-1 cost)
+    latency_min_cut: float = 0.10
     near_cheapest: float = 0.05  # share, nothing fits: compress no further than within 5 %
     # of the cheapest point (further cuts are immaterial)
     switch_horizon_s: float = 10.0  # share: a move pays back its tier-2 build over this long
@@ -324,11 +327,12 @@ def candidates(
     top (None if it is not) and whether the latency target is out of reach.
 
     Bounds, then the battery and memory caps, then the latency target (a move toward
-    accuracy must be predicted within `up_margin` of it). When no level meets the target,
-    compression is used only if it buys a real cut (`unreachable_gain`); a model whose
-    requests are mostly overhead is not compressed for nothing. Under the share objective a
-    model without traffic has no latency to protect: the target does not apply. `latency(α)`:
-    the predicted request latency (`predicted_latency` unless given)."""
+    accuracy must be predicted within `up_margin` of it; one toward compression must cut the
+    predicted latency by `latency_min_cut`, or the model holds). When no level meets the
+    target, compression is used only if it buys a real cut (`unreachable_gain`); a model
+    whose requests are mostly overhead is not compressed for nothing. Under the share
+    objective a model without traffic has no latency to protect: the target does not apply.
+    `latency(α)`: the predicted request latency (`predicted_latency` unless given)."""
     levels = allowed(p.operator, p.profile)
     current = p.state.alpha
     cap = resource_cap(r, levels, t, current)
@@ -339,6 +343,11 @@ def candidates(
     pred = {a: predicted_latency(r, p, a) if latency is None else latency(a) for a in capped}
     target = p.operator.latency_target_s
     ok = [a for a in capped if pred[a] <= target * (1.0 if a <= current + 1e-9 else t.up_margin)]
+    here = next((pred[a] for a in capped if abs(a - current) <= 1e-9), None)
+    if ok and ok[-1] < current - 1e-9 and here and pred[ok[-1]] > (1.0 - t.latency_min_cut) * here:
+        # Over the target by a few per cent: the level that meets it is within the noise of
+        # the feedback, and the move would serve from tier 1 until tier 2 holds it.
+        return [a for a in capped if a <= current + 1e-9], "latency_no_gain", False
     if ok:
         chosen = ok
     else:
@@ -571,7 +580,7 @@ def _settle(
         if since < t.dwell_down_s:
             return hold
         return Decision(alpha, why or "cpu_share", precision)
-    if why == "cpu_share_no_gain":  # CPU is short, but compressing would not give it back
+    if why in ("cpu_share_no_gain", "latency_no_gain"):  # short, but a move would not pay
         return replace(hold, reason=why)
     return replace(hold, reason="target_unreachable" if unreachable else "hold")
 

@@ -68,6 +68,20 @@ def test_the_observed_quantile_gives_the_overhead_beyond_the_forward_pass():
     assert decide(fb=ModelFeedback(latency_p95_s=0.010)).reason == "hold"  # 10 ms fits at the top
 
 
+@pytest.mark.parametrize("op", [LAT, SHARE], ids=["latency", "share"])
+def test_a_few_per_cent_over_the_target_holds(op):
+    # p95 11.5 ms at α = 1: overhead 4.5 ms, predicted(i) = 5.5 + i ms; level 5 (10.5 ms)
+    # meets the 11 ms target but cuts 8.7 % < latency_min_cut 10 % → hold, and say why.
+    fb = ModelFeedback(latency_p95_s=0.0115, request_rate=10.0)
+    d = decide(op=op, fb=fb)
+    assert (d.alpha, d.reason) == (TOP, "latency_no_gain")
+    loose = latency_headroom(IDLE, {"m": view(op=op, fb=fb)}, 100.0, Tuning(latency_min_cut=0))["m"]
+    assert (loose.alpha, loose.reason) == (pytest.approx(level(5)), "latency")
+    # 13 ms: overhead 6 ms, predicted(i) = 7 + i; level 4 (11 ms) meets it, a 15 % cut → move
+    d = decide(op=op, fb=ModelFeedback(latency_p95_s=0.013, request_rate=10.0))
+    assert d.alpha == pytest.approx(level(4)) and d.reason == "latency"
+
+
 def test_a_mostly_overhead_model_is_not_compressed_for_nothing():
     # overhead 30 ms: 37 ms at the top, 31 ms at the bottom; the target is out of reach and
     # compression would cut only 16 % → stay at the top, and say why.
