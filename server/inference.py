@@ -7,8 +7,9 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -123,9 +124,7 @@ class InferenceService:
     ) -> list[Result]:
         """Encoded images → one Result each; ImageError for an image that will not decode."""
         alpha = self._admit(len(images), hints)
-        self.in_flight += 1
-        self.load.enter()
-        try:
+        with self._accepted():
             lone = len(images) == 1 and self.load.alone()  # may skip both thread hops
             start = time.perf_counter()
             with tracing.span("decode", {"lcs.images": len(images)}):
@@ -137,24 +136,16 @@ class InferenceService:
             decode_s = time.perf_counter() - start
             results = await self._infer(xs, deadline, alpha, lone)
             return self._done([replace(r, decode_s=decode_s) for r in results], received)
-        finally:
-            self.in_flight -= 1
-            self.load.leave()
 
     async def predict_tensor(
         self, x: torch.Tensor, hints: Hints, deadline: float, received: float | None = None
     ) -> list[Result]:
         """x (N, C, H, W) float32 in the network's input space (already normalised)."""
         alpha = self._admit(x.shape[0], hints)
-        self.in_flight += 1
-        self.load.enter()
-        try:
+        with self._accepted():
             lone = x.shape[0] == 1 and self.load.alone()
             rows = list(x.unbind(0))
             return self._done(await self._infer(rows, deadline, alpha, lone), received)
-        finally:
-            self.in_flight -= 1
-            self.load.leave()
 
     async def predict_pixels(
         self, x: torch.Tensor, hints: Hints, deadline: float, received: float | None = None
@@ -167,6 +158,18 @@ class InferenceService:
         return await self.predict_tensor(
             (x.to(torch.float32) / 255 - mean) / std, hints, deadline, received
         )
+
+    @contextmanager
+    def _accepted(self) -> Iterator[None]:
+        """A request inside this service: counted here (unloading waits for it) and in the
+        daemon's load (the inline gate)."""
+        self.in_flight += 1
+        self.load.enter()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.load.leave()
 
     def _admit(self, n: int, hints: Hints) -> float | None:
         """Checks a request before any work; returns the α its hints ask for (None: current)."""
@@ -281,8 +284,7 @@ class InferenceService:
 
     def tier(self) -> str:
         """The tier a request arriving now would run on."""
-        t2 = self.tier2
-        return "onnx" if t2 is not None and t2.serving(self.level.current) else "torch"
+        return "torch" if self._served() is None else "onnx"
 
     def precision(self) -> str:
         """The precision a request arriving now would run in: the point actually served."""
