@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from controller.yielding import Yielding
+
 
 def affinity() -> set[int]:
     """The CPUs this process may run on."""
@@ -34,7 +36,9 @@ class CpuShare:
     nothing from it. With autogroup on (kernel.sched_autogroup_enabled), a niceness weighs
     only within its own session: a niced job started from another shell takes a fair share
     from the daemon like any other (measured here: two nice-19 trainings started from one
-    shell left `stress-ng --cpu 2`, started from another, one core). The daemon's own
+    shell left `stress-ng --cpu 2`, started from another, one core); what does yield there
+    (niced work of the daemon's own session, work of a niced session) is read per process
+    and left out (controller.yielding). The daemon's own
     time is that of process `pid` and its live children (the tier-2 export worker), each from
     its own /proc entry through psutil; a niced child's time (the export worker runs at nice
     10) is counted only where niced time is: otherwise it was never in the busy time it would
@@ -67,7 +71,9 @@ class CpuShare:
         self._proc: Any = None
         self._children: list[Any] = []
         self._listed_at = -math.inf
-        self._last: tuple[float, float, dict[int, float]] | None = None  # time, busy, own by pid
+        self._yielding: Yielding | None = None  # set where the kernel groups by session
+        # time, busy, own by pid, yielding by pid
+        self._last: tuple[float, float, dict[int, float], dict[int, float]] | None = None
 
     def sample(self) -> tuple[float | None, float | None]:
         """(other cores, own cores), smoothed; None until two samples are far enough apart."""
@@ -75,11 +81,12 @@ class CpuShare:
         if self._last is not None and now - self._last[0] < self.min_dt_s:
             return self.other, self.own  # too close for tick resolution: keep the baseline
         busy, own = self._busy_s(), self._own_s(now)
+        gave = {} if self._yielding is None else self._yielding.seconds(now)
         if self._last is not None:
-            t0, busy0, own0 = self._last
+            t0, busy0, own0, gave0 = self._last
             dt = now - t0
-            own_d = sum(max(0.0, v - own0[pid]) for pid, v in own.items() if pid in own0)
-            raw_other = max(0.0, busy - busy0 - own_d) / dt
+            own_d, gave_d = _delta(own, own0), _delta(gave, gave0)
+            raw_other = max(0.0, busy - busy0 - own_d - gave_d) / dt
             raw_own = own_d / dt
             w = 1.0 - math.exp(-dt / self.tau_s)
             if self.other is None:
@@ -88,7 +95,7 @@ class CpuShare:
                 rise = 1.0 - math.exp(-dt / self.attack_s)
                 self.other += (rise if raw_other > self.other else w) * (raw_other - self.other)
             self.own = raw_own if self.own is None else self.own + w * (raw_own - self.own)
-        self._last = (now, busy, own)
+        self._last = (now, busy, own, gave)
         return self.other, self.own
 
     def _busy_s(self) -> float:
@@ -98,7 +105,13 @@ class CpuShare:
                 niced = self.ps.Process(self.pid).nice() > 0
             except Exception:  # no niceness here: count everything
                 niced = True
-            self.count_niced = niced or self._autogroup()
+            grouped = self._autogroup()
+            self.count_niced = niced or grouped
+            if grouped:  # but niced work of the daemon's own session, or a niced one, yields
+                self._yielding = Yielding(
+                    proc_root=str(self.stat.parent), pid=self.pid, clk_tck=self.clk_tck,
+                    own=lambda: [c.pid for c in self._children],
+                )  # fmt: skip
         mine = {f"cpu{i}" for i in self.cpus()}
         ticks = 0
         for line in self.stat.read_text().splitlines():
@@ -145,3 +158,8 @@ class CpuShare:
             return bool(child.nice() <= 0)
         except Exception:  # exited meanwhile, or no niceness here: as the parent
             return True
+
+
+def _delta(now: dict[int, float], before: dict[int, float]) -> float:
+    """CPU seconds used since `before` by the processes in both readings."""
+    return sum(max(0.0, v - before[pid]) for pid, v in now.items() if pid in before)

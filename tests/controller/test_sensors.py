@@ -366,3 +366,38 @@ def test_a_niced_child_is_counted_only_where_niced_time_is(tmp_path, my_nice, ex
     write(proc, "stat", stat_line(80, 100))
     clock["t"] = 1.0
     assert share.sample() == pytest.approx(expected)
+
+
+def proc_task(proc: Path, pid: int, group: str, group_nice: int, nice: int, ticks: int) -> None:
+    """/proc/PID/stat (utime `ticks`, the given nice) and /proc/PID/autogroup of one process."""
+    write(
+        proc,
+        f"{pid}/stat",
+        f"{pid} (job x) S 1 {pid} {pid} 0 -1 0 0 0 0 0 {ticks} 0 0 0 20 {nice} 1\n",
+    )
+    write(proc, f"{pid}/autogroup", f"/{group} nice {group_nice}\n")
+
+
+def test_under_autogroup_work_that_yields_to_the_daemon_is_not_other_work(tmp_path):
+    # The daemon (pid 10, autogroup-1 at nice 0) and its niced child 11 (its own work);
+    # 20: nice 19 in the daemon's own session → yields; 21: nice 19 in another session →
+    # a fair share, other work; 22: nice 0 in a session niced 19 as a whole → yields.
+    child = FakeProcess(11, [0.0, 0.1])
+    me = FakeProcess(10, [0.0, 0.1], children=[child])
+    me.nice = lambda: 0
+    share, proc, clock = fake_share(tmp_path, me, tau_s=1e-9, attack_s=1e-9)  # no smoothing
+    write(proc, "sys/kernel/sched_autogroup_enabled", "1\n")
+    tasks = {10: ("autogroup-1", 0, 0), 11: ("autogroup-1", 0, 10), 20: ("autogroup-1", 0, 19),
+             21: ("autogroup-2", 0, 19), 22: ("autogroup-3", 19, 0)}  # fmt: skip
+    for pid, (group, gnice, nice) in tasks.items():
+        proc_task(proc, pid, group, gnice, nice, 0)
+    share.sample()
+    # in 1 s (100 Hz): the daemon 10 ticks at nice 0, its child 10 niced, 20: 20 niced,
+    # 21: 30 niced, 22: 30 at nice 0 → /proc/stat user +40, nice +60: one core busy
+    for pid, ticks in {10: 10, 11: 10, 20: 20, 21: 30, 22: 30}.items():
+        proc_task(proc, pid, *tasks[pid], ticks)
+    write(proc, "stat", stat_line(40, 60))
+    clock["t"] = 1.0
+    other, own = share.sample()
+    # other = 1.0 busy − 0.2 own − 0.5 yielding (20 and 22) = 21's 0.3 core
+    assert (other, own) == pytest.approx((0.3, 0.2))
