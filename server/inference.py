@@ -125,12 +125,12 @@ class InferenceService:
         """Encoded images → one Result each; ImageError for an image that will not decode."""
         alpha = self._admit(len(images), hints)
         with self._accepted():
-            lone = len(images) == 1 and self.load.alone()  # may skip both thread hops
+            lone = len(images) == 1 and self.load.alone()  # may skip the inference hop
             start = time.perf_counter()
             with tracing.span("decode", {"lcs.images": len(images)}):
                 # Every wait inside is bounded by the deadline (admission.decode_admitted).
-                if len(images) == 1:  # gather would wrap the lone decode in a task of its own
-                    xs = [await self._decode(images[0], deadline, lone)]
+                if len(images) == 1:  # gather would wrap the one decode in a task of its own
+                    xs = [await self._decode(images[0], deadline, inline=True)]
                 else:
                     xs = await asyncio.gather(*(self._decode(d, deadline) for d in images))
             decode_s = time.perf_counter() - start
@@ -197,12 +197,12 @@ class InferenceService:
             return None  # the current point meets the hints
         return alpha  # pinned, so in fp32: perhaps the current level's own fp32 point
 
-    async def _decode(self, data: bytes, deadline: float, lone: bool = False) -> torch.Tensor:
+    async def _decode(self, data: bytes, deadline: float, inline: bool = False) -> torch.Tensor:
         """One image: header check, its decoded bytes reserved from the daemon's decode budget,
-        then decoded in the pool (never on the event loop). Per-image tasks, so one request of
-        many large images cannot hold the pool for everyone else."""
+        then decoded in the pool (on the event loop if `inline` and small). Per-image tasks, so
+        one request of many large images cannot hold the pool for everyone else."""
         return await decode_admitted(
-            self.decode_pool, self.preprocess, self.budget, data, deadline, self.large_pool, lone
+            self.decode_pool, self.preprocess, self.budget, data, deadline, self.large_pool, inline
         )
 
     async def _infer(

@@ -260,7 +260,7 @@ def test_decode_admitted_matches_the_preprocessor_and_returns_every_byte(digit):
     asyncio.run(main())
 
 
-def test_a_lone_requests_small_image_decodes_on_the_loop_and_a_large_one_in_the_pool(digit):
+def test_a_requests_only_small_image_decodes_on_the_loop_and_a_large_one_in_the_pool(digit):
     pre = Preprocessor(1, 28, 28, (0.1,), (0.3,), 40_000_000)
     large = png(Image.new("L", (300, 300), 90))  # small file, 90 000 pixels to decode
     assert len(large) <= INLINE_INSPECT_BYTES
@@ -276,12 +276,12 @@ def test_a_lone_requests_small_image_decodes_on_the_loop_and_a_large_one_in_the_
         budget = DecodeBudget(64 * MiB)
         with Recording(1) as pool:
             soon = time.monotonic() + 10
-            x = await decode_admitted(pool, pre, budget, digit, soon, lone=True)
+            x = await decode_admitted(pool, pre, budget, digit, soon, inline=True)
             assert torch.equal(x, pre(digit)) and Recording.used == 0  # decoded right here
             assert budget.free == budget.total
-            y = await decode_admitted(pool, pre, budget, large, soon, lone=True)
+            y = await decode_admitted(pool, pre, budget, large, soon, inline=True)
             assert torch.equal(y, pre(large)) and Recording.used == 1  # too costly: the pool
-            await decode_admitted(pool, pre, budget, digit, soon)  # not lone: the pool
+            await decode_admitted(pool, pre, budget, digit, soon)  # not inline: the pool
             assert Recording.used == 2 and budget.free == budget.total
 
     asyncio.run(main())
