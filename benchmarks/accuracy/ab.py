@@ -56,6 +56,17 @@ RECIPES = [
         {"norm": "group"},
         method="width 0.25",
     ),
+    Recipe(
+        "s-c20", "structured", "(c'') today + --distill, 20 epochs", {"distill": True}, epochs=20
+    ),
+    Recipe(
+        "s-in20",
+        "structured",
+        "control: width 0.25 alone, InstanceNorm, 20 epochs",
+        {"norm": "group"},
+        epochs=20,
+        method="width 0.25",
+    ),
     Recipe("u-a", "unstructured", "(a) recipe 2: dense 80 %, then U(0.025, 1)", LEGACY),
     Recipe(
         "u-b",

@@ -154,6 +154,12 @@ FINDINGS = """**What it shows.**
 - **(f) = (e) + `--distill`** (a dense teacher pass each step, 2× the passes): it removes (e)'s
   price at 0–80 % (98.7 % at 50 % pruned, +0.5 paired; 98.0 at 75 %) but costs 1.9 points at
   95 % (paired, seeds 0–1; seed 0 92.9 against 96.7). Not adopted: the goal's worst cell is 95 %.
+- **Unstructured at 20 epochs** (`make accuracy`, every LCS and TopK network, after structured
+  showed the longer schedule pays): LCS+P with (e) is within 0.2 points of the TopK network at
+  50 / 75 / 90 / 95 % pruned (+0.1 / −0.1 / −0.2 / −0.2; the TopK networks gained too, 97.6 %
+  at 95 % against 96.7 at 10 epochs), and LCS+L, whose dense end had only ~80 steps in 10
+  epochs, reaches 98.2 % dense (94.8 at 10) and −1.3 / −1.6 / −1.7 / −2.5 at those levels (−4.9
+  … −8.9 at 10).
 - **Structured: nothing adopted as `make accuracy`'s default.** The mixture (b) moved width 0.25
   by +0.2 (paired, 2 seeds, within the spread) and cost 1.6 points at width 0.5: the sandwich
   already trains the width-0.25 member every step, so more middle draws near it add no signal
@@ -172,7 +178,11 @@ FINDINGS = """**What it shows.**
 - **The width-0.25 gap is mostly the norm, not weight sharing** (departure 8's control). A
   width-0.25 small CNN trained alone with InstanceNorm, the norm every LCS model here uses,
   reaches 86.3 % (88.3 / 78.3 / 92.4) against 96.9 % with BatchNorm; structured LCS+P at 0.25
-  (91.0 %) is ~5 points *above* its like-for-like network. Likely cause: InstanceNorm right before
+  (91.0 %) is ~5 points *above* its like-for-like network. At 20 epochs the same control
+  reaches 96.0 % (95.8 / 95.2 / 97.0) against 97.5 % with BatchNorm, and structured LCS+P at
+  20 epochs 96.3 %: sharing its weights with every wider member costs the width-0.25 network
+  nothing measurable (+0.3 over its InstanceNorm twin); the 1.2 points the goal misses are the
+  norm's 1.5. Likely cause: InstanceNorm right before
   global average pooling standardises every channel per image, so after the ReLU the pooled value
   of a channel depends only on the shape of its spatial distribution, not its strength; 128
   channels at full width carry enough of that (98.5 %), 32 at width 0.25 do not. Untested next

@@ -302,23 +302,26 @@ def recipe_note(acc: dict[str, Any]) -> str:
 
 
 def epochs_text(acc: dict[str, Any]) -> str:
-    """How long the runs trained: one figure, or the plan's default and its exceptions."""
+    """How long the runs trained: one figure, or each family's (the LCS networks and the
+    networks trained for one level alone train equally long within a family; a baseline
+    outside the goal may differ)."""
     fixed = acc["settings"].get("epochs")
     if fixed:
         return f"{fixed} epochs"
-    longer = [
-        f"{m['label']} {m['epochs']}"
-        for family, ms in acc["families"].items()
-        for m in ms
-        if m.get("epochs", DEFAULT_EPOCHS) != DEFAULT_EPOCHS
-    ]
-    if not longer:
-        return f"{DEFAULT_EPOCHS} epochs"
+    parts = []
+    for family, ms in acc["families"].items():
+        goal = sorted({m.get("epochs", DEFAULT_EPOCHS) for m in ms if m["role"] != "baseline"})
+        other = [
+            f"{m['label']} {m.get('epochs', DEFAULT_EPOCHS)}"
+            for m in ms
+            if m["role"] == "baseline" and m.get("epochs", DEFAULT_EPOCHS) not in goal
+        ]
+        n = "/".join(str(e) for e in goal)
+        parts.append(f"{family} {n} epochs" + (f" ({', '.join(other)})" if other else ""))
     return (
-        f"{DEFAULT_EPOCHS} epochs (structured {', '.join(longer)}: the longer schedule issue "
-        "19's A/B showed pays for structured LCS+P, given to every single-width network too, "
-        "so each cell of the goal compares runs of equal length; Discrete and Sandwich, "
-        "outside the goal, stay at 10)"
+        f"{', '.join(parts)} (within a family every LCS network and every network trained "
+        "for one level alone train equally long, so each cell of the goal compares runs of "
+        "equal length; 20 where issue 19's runs showed the longer schedule pays)"
     )
 
 
