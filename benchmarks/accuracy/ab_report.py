@@ -171,10 +171,10 @@ FINDINGS = """**What it shows.**
   resumed from its state, so its α draws after that differ from an uninterrupted run's. Note the
   compute: 20 epochs × 4 sandwich passes against 10 epochs × 1 pass for each single-width network,
   though one LCS+P network serves every width. Adopted: `make accuracy` now trains the
-  structured LCS networks and every single-width network 20 epochs (`plan.EPOCHS`; the runs are
-  cached per epoch count), so the structured table above compares runs of equal length — there
-  the single-width networks gain too (width 0.25: 97.5 % at 20 epochs against 96.9 % at 10) and
-  LCS+P at 0.25 stays 1.2 points short.
+  structured LCS networks and every single-width network 20 epochs (`plan.FAMILY_EPOCHS`; the
+  runs are cached per epoch count), so the structured table above compares runs of equal
+  length — there the single-width networks gain too (width 0.25: 97.5 % at 20 epochs against
+  96.9 % at 10) and LCS+P at 0.25 stays 1.2 points short.
 - **The width-0.25 gap is mostly the norm, not weight sharing** (departure 8's control). A
   width-0.25 small CNN trained alone with InstanceNorm, the norm every LCS model here uses,
   reaches 86.3 % (88.3 / 78.3 / 92.4) against 96.9 % with BatchNorm; structured LCS+P at 0.25

@@ -63,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--families", nargs="+", default=list(GRIDS), choices=list(GRIDS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, help="every run this long (default: plan.EPOCHS)")
+    ap.add_argument("--epochs", type=int, help="every run this long (default: plan.epochs())")
     ap.add_argument("--max-train", type=int, help="cap on training images (smoke runs)")
     ap.add_argument("--workers", type=int, default=2, help="parallel trainings, 1 thread each")
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "accuracy"), help="checkpoints")
