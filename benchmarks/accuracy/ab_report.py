@@ -175,6 +175,16 @@ FINDINGS = """**What it shows.**
   runs are cached per epoch count), so the structured table above compares runs of equal
   length — there the single-width networks gain too (width 0.25: 97.5 % at 20 epochs against
   96.9 % at 10) and LCS+P at 0.25 stays 1.2 points short.
+- **Structured: in-place distillation at 20 epochs (c'') closes the width-0.25 gap; not yet
+  `make accuracy`'s default** (measured at the end of a round: retraining the table's
+  structured LCS+P with it and shipping the default model from it is the next step). At 10
+  epochs it was inside the seed spread
+  (c': the teacher, the full-width member, is itself weak for most of a short run); at 20
+  epochs, over 3 seeds, width 0.25 reaches 97.1 % (96.5 / 98.1 / 96.7) against 96.1 % for
+  plain LCS+P (paired +1.3 / +1.4 / +0.2) and 0.4 below the width-0.25 BatchNorm network of
+  20 epochs (97.5 %); width 0.5 98.4 against 98.1, width 1 99.0 against 98.9, no width more
+  than 0.1 below plain. It costs nothing extra here: the sandwich already runs the full-width
+  member every step, and its detached softmax is the narrower members' target.
 - **The width-0.25 gap is mostly the norm, not weight sharing** (departure 8's control). A
   width-0.25 small CNN trained alone with InstanceNorm, the norm every LCS model here uses,
   reaches 86.3 % (88.3 / 78.3 / 92.4) against 96.9 % with BatchNorm; structured LCS+P at 0.25
