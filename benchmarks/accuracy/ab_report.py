@@ -175,10 +175,9 @@ FINDINGS = """**What it shows.**
   runs are cached per epoch count), so the structured table above compares runs of equal
   length — there the single-width networks gain too (width 0.25: 97.5 % at 20 epochs against
   96.9 % at 10) and LCS+P at 0.25 stays 1.2 points short.
-- **Structured: in-place distillation at 20 epochs (c'') closes the width-0.25 gap; not yet
-  `make accuracy`'s default** (measured at the end of a round: retraining the table's
-  structured LCS+P with it and shipping the default model from it is the next step). At 10
-  epochs it was inside the seed spread
+- **Structured: in-place distillation at 20 epochs (c'') adopted** as `make accuracy`'s
+  structured LCS+P (`plan.OVERRIDES`, recipe 4; the structured table above). At 10 epochs it
+  was inside the seed spread
   (c': the teacher, the full-width member, is itself weak for most of a short run); at 20
   epochs, over 3 seeds, width 0.25 reaches 97.1 % (96.5 / 98.1 / 96.7) against 96.1 % for
   plain LCS+P (paired +1.3 / +1.4 / +0.2) and 0.4 below the width-0.25 BatchNorm network of

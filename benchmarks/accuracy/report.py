@@ -275,12 +275,15 @@ def table2_section(d: dict[str, Any]) -> str:
 
 def recipe_note(acc: dict[str, Any]) -> str:
     """Which training recipe (plan.recipe) the cached runs behind each table used."""
-    newer = [
-        f"{family} {m['label']}"
-        for family, ms in acc["families"].items()
-        for m in ms
-        if m.get("recipe", 2) >= 3
-    ]
+    newer, distilled = (
+        [
+            f"{family} {m['label']}"
+            for family, ms in acc["families"].items()
+            for m in ms
+            if m.get("recipe", 2) == n
+        ]
+        for n in (3, 4)
+    )
     text = (
         "Every cell below was trained with recipe 2 of `benchmarks/accuracy/plan.py` "
         "(issue 19's fixes: grid widths keep round(γ·C) channels as the reference; "
@@ -293,6 +296,12 @@ def recipe_note(acc: dict[str, Any]) -> str:
             ", except " + ", ".join(newer) + ": recipe 3, the default adopted from issue 19's "
             "A/B below (dense for the first 50 % of training, not 80 %, then half of the α "
             "draws from the most compressed quarter of the range)"
+        )
+    if distilled:
+        text += (
+            ("; " if newer else ", except ") + ", ".join(distilled) + ": recipe 4, recipe 2 "
+            "with in-place distillation (`--distill`: the most accurate member learns from the "
+            "labels, every other from its detached softmax), adopted from row (c'') of the A/B"
         )
     return (
         text

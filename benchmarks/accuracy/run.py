@@ -14,7 +14,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks.accuracy.plan import GRIDS, RECIPE_2_DEFAULTS, Method, epochs, methods, recipe
+from benchmarks.accuracy.plan import (
+    GRIDS,
+    RECIPE_2_DEFAULTS,
+    Method,
+    epochs,
+    methods,
+    overrides,
+    recipe,
+)
 from benchmarks.common import RESULTS, machine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +135,7 @@ def _run(todo: list[tuple[Method, int]], settings: dict[str, Any], args) -> None
                 method_settings(m, settings)["epochs"],
                 args.max_train,
                 str(checkpoint_path(Path(args.runs_dir), m, s, settings)),
+                overrides(m),
             ),
         )
         for m, s in todo
@@ -143,7 +152,10 @@ def _run(todo: list[tuple[Method, int]], settings: dict[str, Any], args) -> None
 
 
 def _run_name(m: Method, seed: int, settings: dict[str, Any]) -> str:
-    return f"{m.name}-e{method_settings(m, settings)['epochs']}-s{seed}"
+    s = method_settings(m, settings)
+    # from recipe 4 on the recipe is in the name too, so a method's earlier runs stay beside it
+    tag = f"-r{s['recipe']}" if s["recipe"] >= 4 else ""
+    return f"{m.name}{tag}-e{s['epochs']}-s{seed}"
 
 
 def _cache_path(m: Method, seed: int, settings: dict[str, Any]) -> Path:
