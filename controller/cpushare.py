@@ -80,6 +80,8 @@ class CpuShare:
         now = self.clock()
         if self._last is not None and now - self._last[0] < self.min_dt_s:
             return self.other, self.own  # too close for tick resolution: keep the baseline
+        if self._last is None:
+            self._detect()
         busy, own = self._busy_s(), self._own_s(now)
         gave = {} if self._yielding is None else self._yielding.seconds(now)
         if self._last is not None:
@@ -98,20 +100,24 @@ class CpuShare:
         self._last = (now, busy, own, gave)
         return self.other, self.own
 
-    def _busy_s(self) -> float:
-        """CPU seconds spent not idle on our CPUs since boot."""
+    def _detect(self) -> None:
+        """Once, at the first sample: whether niced time is busy time, and where the kernel
+        groups by session, the reader of the work that yields all the same."""
         if self.count_niced is None:
+            grouped = self._autogroup()
             try:
                 niced = self.ps.Process(self.pid).nice() > 0
             except Exception:  # no niceness here: count everything
                 niced = True
-            grouped = self._autogroup()
             self.count_niced = niced or grouped
             if grouped:  # but niced work of the daemon's own session, or a niced one, yields
                 self._yielding = Yielding(
                     proc_root=str(self.stat.parent), pid=self.pid, clk_tck=self.clk_tck,
                     own=lambda: [c.pid for c in self._children],
                 )  # fmt: skip
+
+    def _busy_s(self) -> float:
+        """CPU seconds spent not idle on our CPUs since boot."""
         mine = {f"cpu{i}" for i in self.cpus()}
         ticks = 0
         for line in self.stat.read_text().splitlines():

@@ -51,10 +51,10 @@ class Yielding:
             self._pids = self._walk()
             self._walked_at = now
         out = {}
-        for pid in self._pids:
-            task = self._task(pid)
-            if task is not None:  # gone meanwhile: its time left with it
-                out[pid] = task.cpu_ticks / self.clk_tck
+        for pid in self._pids:  # between walks only their CPU time changes: stat alone
+            fields = self._stat(pid)
+            if fields is not None:  # gone meanwhile: its time left with it
+                out[pid] = _ticks(fields) / self.clk_tck
         return out
 
     def _walk(self) -> list[int]:
@@ -72,17 +72,26 @@ class Yielding:
         return pids
 
     def _task(self, pid: int) -> Task | None:
-        base = self.root / str(pid)
+        fields = self._stat(pid)
         try:
-            stat = (base / "stat").read_text()
-            group = (base / "autogroup").read_text().split()
+            group = (self.root / str(pid) / "autogroup").read_text().split()
         except OSError:  # exited, or not ours to read
             return None
-        if len(group) < 3:  # a kernel thread: in no session
+        if fields is None or len(group) < 3:  # gone, or a kernel thread: in no session
             return None
-        # fields after "(comm)": state is field 3; utime 14, stime 15, nice 19 (proc(5))
-        f = stat.rpartition(")")[2].split()
-        return Task(group[0], int(group[2]), int(f[16]), int(f[11]) + int(f[12]))
+        return Task(group[0], int(group[2]), int(fields[16]), _ticks(fields))
+
+    def _stat(self, pid: int) -> list[str] | None:
+        """/proc/PID/stat's fields after "(comm)" (state is field 3 of proc(5)), or None."""
+        try:
+            return (self.root / str(pid) / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # exited, or not ours to read
+            return None
+
+
+def _ticks(fields: list[str]) -> int:
+    """utime + stime (fields 14 and 15 of proc(5)) in clock ticks."""
+    return int(fields[11]) + int(fields[12])
 
 
 def yields(task: Task, daemon: Task) -> bool:

@@ -275,15 +275,7 @@ def table2_section(d: dict[str, Any]) -> str:
 
 def recipe_note(acc: dict[str, Any]) -> str:
     """Which training recipe (plan.recipe) the cached runs behind each table used."""
-    newer, distilled = (
-        [
-            f"{family} {m['label']}"
-            for family, ms in acc["families"].items()
-            for m in ms
-            if m.get("recipe", 2) == n
-        ]
-        for n in (3, 4)
-    )
+    newer, distilled = _trained_with(acc, 3), _trained_with(acc, 4)
     text = (
         "Every cell below was trained with recipe 2 of `benchmarks/accuracy/plan.py` "
         "(issue 19's fixes: grid widths keep round(γ·C) channels as the reference; "
@@ -308,6 +300,16 @@ def recipe_note(acc: dict[str, Any]) -> str:
         + ". Recipe 2's unstructured LCS+P, for comparison, is row (a) of the A/B. "
         + shipped_note(acc)
     )
+
+
+def _trained_with(acc: dict[str, Any], recipe: int) -> list[str]:
+    """The methods (as "family label") whose runs used this recipe."""
+    return [
+        f"{family} {m['label']}"
+        for family, ms in acc["families"].items()
+        for m in ms
+        if m.get("recipe", 2) == recipe
+    ]
 
 
 def epochs_text(acc: dict[str, Any]) -> str:
