@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from models import Level, SubspaceNet
+from server.onnx_runtime import ort
 
 # The quantizer (onnxruntime.quantization, onnx: 0.2 s to import) is imported where it runs,
 # in the export process: the serving process never needs it.

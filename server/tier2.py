@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 
-import onnxruntime as ort
 import torch
 
 from models import Level, SubspaceNet
@@ -20,6 +19,7 @@ from models.profile import median_seconds
 from server.exporter import Exporter, ExporterDied
 from server.int8 import DISABLED_OPTIMIZERS, Calibration, Gate
 from server.metrics import Metrics
+from server.onnx_runtime import ort
 
 log = logging.getLogger("lcs.server")
 
