@@ -18,13 +18,14 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # System packages the tests and benchmarks drive for real: Prometheus + promtool, stress-ng,
-# kubectl (kustomize), hey (load generator).
+# kubectl (kustomize), hey and h2load (HTTP and gRPC load generators).
 system-deps:
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v stress-ng >/dev/null || missing="$$missing stress-ng"; \
 	command -v kubectl >/dev/null || missing="$$missing kubectl"; \
 	command -v hey >/dev/null || missing="$$missing hey"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

@@ -5,7 +5,6 @@ servers alternated in rounds; medians, ratios to the best peer, CPU per request,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -28,7 +27,15 @@ from benchmarks.load import hey, wait_for_tier
 from benchmarks.peers import install
 from benchmarks.peers.export import export
 from benchmarks.peers.serving import Model
-from benchmarks.protocols import HEADER, grpc_load, oip_binary, oip_json
+from benchmarks.protocols import (
+    GRPC_CLIENTS,
+    HEADER,
+    grpc_call,
+    grpc_load,
+    grpc_request,
+    oip_binary,
+    oip_json,
+)
 from tests.helpers import ROOT, digits, encode, free_port
 
 BOUNDARY = "lcsbenchboundary"
@@ -297,20 +304,7 @@ def answer(r: Running, protocol: str, b: Bodies) -> int:
 
 
 def grpc_answer(port: int, x: np.ndarray) -> int:
-    import grpc
-
-    from server.protocol import inference_pb2 as pb
-    from server.protocol import inference_pb2_grpc as pb_grpc
-
-    req = pb.ModelInferRequest(model_name="digits")
-    req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
-    req.raw_input_contents.append(x.astype(np.float32).tobytes())
-
-    async def call() -> Any:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            return await pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=30)
-
-    resp = asyncio.run(call())
+    resp = grpc_call(port, grpc_request(x))
     for i, out in enumerate(resp.outputs):
         if out.name == "probabilities":
             if resp.raw_output_contents:
@@ -336,11 +330,14 @@ def wait_ready(r: Running, protocol: str, b: Bodies, timeout: float) -> None:
     raise TimeoutError(f"no answer in {timeout:.0f} s ({last})")
 
 
-def load(r: Running, protocol: str, b: Bodies, c: int, n: int) -> dict[str, Any]:
-    """`n` requests, rounded up to a multiple of `c` (hey gives each worker n // c)."""
+def load(
+    r: Running, protocol: str, b: Bodies, c: int, n: int, client: str = "h2load"
+) -> dict[str, Any]:
+    """`n` requests, rounded up to a multiple of `c` (hey gives each worker n // c); gRPC
+    driven by `client` (protocols.GRPC_CLIENTS)."""
     n = -(-n // c) * c
     if protocol == GRPC:
-        return grpc_load(r.grpc_port or 0, b.x, c, n)
+        return grpc_load(r.grpc_port or 0, b.x, c, n, client)
     url, file, ctype, extra = http_request(r, protocol, b)
     return hey(url, b.folder / file, c, n, content_type=ctype, extra=extra)
 
@@ -360,7 +357,7 @@ def run_server(
         got = answer(r, protocol, b)
         if got != expected:
             raise RuntimeError(f"{protocol}: answered class {got}, expected {expected}")
-        load(r, protocol, b, 8, args.warmup)
+        load(r, protocol, b, 8, args.warmup, args.grpc_client)
     if r.name == "lcs-serve":  # measured as it settles: tier 2 (ONNX Runtime) at γ = 1
         extra["tier"] = wait_for_tier(r.url)
     print(f"  {r.name}: answering after {startup:.1f} s", flush=True)
@@ -369,7 +366,7 @@ def run_server(
         for protocol in peer.protocols:
             before = level(r)
             cpu0 = cpu_seconds(r)
-            res = load(r, protocol, b, c, args.requests)
+            res = load(r, protocol, b, c, args.requests, args.grpc_client)
             cpu = cpu_seconds(r) - cpu0
             got = answer(r, protocol, b)  # still the right answer after the load
             row = {"server": r.name, "protocol": protocol, "round": round_no, **res,
@@ -443,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--controller-off", action="store_true",
                    help="lcs-serve without its controller: γ = 1 on a busy machine")  # fmt: skip
     p.add_argument("--start-timeout", type=float, default=120)
+    p.add_argument("--grpc-client", choices=GRPC_CLIENTS, default="h2load",
+                   help="gRPC's load generator: h2load (C), or grpc.aio here")  # fmt: skip
     args = p.parse_args(argv)
     unknown = set(args.peers) - set(PEERS)
     if unknown:

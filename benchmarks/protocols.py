@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import save
-from benchmarks.load import hey, wait_for_tier
+from benchmarks.load import grpc_frame, h2load_grpc, hey, wait_for_tier
 from tests.helpers import digits, encode, free_port, live_server
 
 HEADER = "Inference-Header-Content-Length"
@@ -48,17 +48,50 @@ def oip_binary(x: np.ndarray) -> tuple[bytes, int]:
     return text + raw, len(text)
 
 
-def grpc_load(port: int, x: np.ndarray, concurrency: int, requests: int) -> dict[str, float]:
-    """A bounded closed loop of `concurrency` grpc.aio callers (the client is Python: at high
-    concurrency it may be the limit, which the report says)."""
-    import grpc
+GRPC_CLIENTS = ("h2load", "python")
 
+
+def grpc_request(x: np.ndarray) -> Any:
+    """The ModelInferRequest of one FP32 tensor, its bytes raw (as tritonclient sends them)."""
     from server.protocol import inference_pb2 as pb
-    from server.protocol import inference_pb2_grpc as pb_grpc
 
     req = pb.ModelInferRequest(model_name="digits")
     req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
     req.raw_input_contents.append(x.astype(np.float32).tobytes())
+    return req
+
+
+def grpc_call(port: int, req: Any) -> Any:
+    """One checked ModelInfer call (raises if the server refuses it)."""
+    import grpc
+
+    from server.protocol import inference_pb2_grpc as pb_grpc
+
+    async def call() -> Any:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            return await pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=30)
+
+    return asyncio.run(call())
+
+
+def grpc_load(
+    port: int, x: np.ndarray, concurrency: int, requests: int, client: str = "h2load"
+) -> dict[str, Any]:
+    """A bounded closed loop of `concurrency` unary ModelInfer callers: h2load (C; each
+    answer checked by its size against one checked call's), or grpc.aio callers in this
+    process (the client is then Python and may be the limit at high concurrency)."""
+    req = grpc_request(x)
+    if client == "h2load":
+        answer = len(grpc_frame(grpc_call(port, req).SerializeToString()))
+        target = f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
+        return h2load_grpc(target, req.SerializeToString(), answer, concurrency, requests)
+    return grpc_python_load(port, req, concurrency, requests)
+
+
+def grpc_python_load(port: int, req: Any, concurrency: int, requests: int) -> dict[str, Any]:
+    import grpc
+
+    from server.protocol import inference_pb2_grpc as pb_grpc
 
     async def run() -> tuple[list[float], int, float]:
         latencies: list[float] = []
@@ -86,7 +119,7 @@ def grpc_load(port: int, x: np.ndarray, concurrency: int, requests: int) -> dict
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     return {"concurrency": concurrency, "requests": len(latencies) + errors, "ok": len(latencies),
             "errors": errors, "rps": len(latencies) / span, "p50_ms": 1e3 * q[49],
-            "p99_ms": 1e3 * q[98]}  # fmt: skip
+            "p99_ms": 1e3 * q[98], "client": "python"}  # fmt: skip
 
 
 def parse_times(repeats: int) -> dict[str, float]:
@@ -115,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--parse-repeats", type=int, default=50)
+    p.add_argument("--grpc-client", choices=GRPC_CLIENTS, default="h2load")
     args = p.parse_args(argv)
     arr = digits(1)[0][0]
     x = (arr.astype(np.float32) / 255).reshape(1, 1, 28, 28)
@@ -145,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append({"transport": name, **r})
                 print(f"{name:14} c={c:3}: {r['rps']:6.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
                       f"p99 {r['p99_ms']:.2f} ms, {r['errors']} errors", flush=True)  # fmt: skip
-            r = grpc_load(grpc_port, x, c, args.requests)
+            r = grpc_load(grpc_port, x, c, args.requests, args.grpc_client)
             rows.append({"transport": "gRPC", **r})
             print(f"{'gRPC':14} c={c:3}: {r['rps']:6.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
                   f"p99 {r['p99_ms']:.2f} ms, {r['errors']} errors", flush=True)  # fmt: skip

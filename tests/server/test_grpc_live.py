@@ -135,6 +135,27 @@ def test_a_scrape_counts_each_protocol_exactly(srv):
         assert delta(before, after, "lcs_request_duration_seconds_count", **labels) == 0
 
 
+def test_the_benchmarks_grpc_load_counts_only_calls_answered(srv):
+    """benchmarks.load.h2load_grpc (h2load sees a gRPC error as an HTTP 200): n good calls are
+    n answers, and n calls for a model the daemon does not serve are n errors, as the
+    daemon's own counters say."""
+    from benchmarks.load import grpc_frame, h2load_grpc
+
+    good = grpc_request(pixels(1))
+    answer = len(grpc_frame(srv.stub.ModelInfer(good, timeout=30).SerializeToString()))
+    bad = grpc_request(pixels(1))
+    bad.model_name = "nope"
+    target = f"http://{srv.grpc}{INFER}"
+    before = scrape(srv.url)
+    ok = h2load_grpc(target, good.SerializeToString(), answer, 2, 12)
+    refused = h2load_grpc(target, bad.SerializeToString(), answer, 2, 8)
+    after = scrape(srv.url)
+    assert (ok["ok"], ok["errors"]) == (12, 0) and ok["rps"] > 0
+    assert (refused["ok"], refused["errors"]) == (0, 8)
+    assert delta(before, after, "lcs_requests_total", **_labels("grpc", INFER, "OK")) == 12
+    assert ok["p50_ms"] <= ok["p99_ms"]
+
+
 def _labels(protocol: str, endpoint: str, status: str) -> dict[str, str]:
     return {"protocol": protocol, "endpoint": endpoint, "model": "digits", "status": status}
 
