@@ -448,6 +448,17 @@ def request_profile_section(d: dict[str, Any]) -> str:
     )
 
 
+# How each gRPC load generator is described (results before h2load carry no "client").
+GRPC_CLIENT_TEXT = {
+    "h2load": "`h2load`, nghttp2's C client, each answer checked by its size",
+    "python": "a Python grpc.aio closed loop, which at high concurrency may be the limit itself",
+}
+
+
+def grpc_client(rows: list[dict[str, Any]]) -> str:
+    return next((str(r["client"]) for r in rows if "client" in r), "python")
+
+
 def protocols_section(d: dict[str, Any]) -> str:
     rows = [
         [r["transport"], r["concurrency"], f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}",
@@ -460,8 +471,7 @@ def protocols_section(d: dict[str, Any]) -> str:
         f"default model (served on tier {'2' if d['tier'] == 'onnx' else '1'}, controller off) "
         "as a PNG to `/predict`, as an OIP v2 FP32 tensor in JSON and with the binary tensor "
         "extension (`hey` for the three), and over gRPC (`ModelInfer` with "
-        "`raw_input_contents`; a Python grpc.aio closed loop, which at high concurrency may be "
-        "the limit itself).\n\n"
+        f"`raw_input_contents`; {GRPC_CLIENT_TEXT[grpc_client(d['rows'])]}).\n\n"
         + table(["transport", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"], rows)
         + f"\n\nParsing a 64×1×28×28 FP32 request into the model's tensor (`server/oip.py`): "
         f"JSON {p['json_ms']:.2f} ms for {p['json_bytes'] / 1e6:.2f} MB (orjson), binary "
@@ -605,7 +615,8 @@ def peers_section(d: dict[str, Any]) -> str:
         "(`~/.cache/lcs-serve/peers`). lcs-serve with its defaults, timed once tier 2 serves. "
         "The same OIP v2 request of one 28×28 FP32 image (JSON, binary tensors, gRPC) where "
         "the protocol allows; otherwise each peer's natural API with the same PNG "
-        f"({png}). `hey` for HTTP, a grpc.aio loop for gRPC; {d['requests']} requests per "
+        f"({png}). `hey` for HTTP; for gRPC {GRPC_CLIENT_TEXT[grpc_client(d['rows'])]}; "
+        f"{d['requests']} requests per "
         f"row, rounds: {d['rounds']}, the servers alternated (each started afresh per "
         "round), medians over rounds. CPU per request: CPU seconds of the server's whole "
         "process tree during the row / requests answered. Ratio: lcs-serve's req/s over the "
