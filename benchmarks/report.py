@@ -445,6 +445,22 @@ def request_profile_section(d: dict[str, Any]) -> str:
         "the rest. Goal of issue 18: the non-forward part ≤ 500 µs.\n\n"
         + table(["component", "µs per request"], rows)
         + "\n"
+        + _libraries(d.get("libraries"), d.get("perf_cpu_us_per_request"))
+    )
+
+
+def _libraries(libraries: dict[str, float] | None, cpu_us: float | None) -> str:
+    """perf's view of the daemon's CPU, when the run had perf."""
+    if not libraries:
+        return ""
+    cpu = f" {cpu_us:.0f} µs of CPU a request there, perf's cost included;" if cpu_us else ""
+    rows = [[name, f"{100 * share:.1f}"] for name, share in libraries.items()]
+    return (
+        "\nWhere the daemon's CPU ran, by shared object (`perf record -F 199`, CPU-clock "
+        f"samples, in a window of its own after py-spy's;{cpu} perf counts only time on a CPU; "
+        "py-spy also samples a thread that is runnable but not running, so the response's "
+        "send(2), where the woken client often preempts the daemon, weighs more above than "
+        "the kernel's share here.\n\n" + table(["library", "% of daemon CPU"], rows) + "\n"
     )
 
 

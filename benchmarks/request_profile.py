@@ -1,4 +1,4 @@
-"""Where a request's CPU goes at concurrency 1: py-spy samples of a live daemon, per component."""
+"""Where a request's CPU goes at concurrency 1: py-spy (per component) and perf (per library)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,23 @@ COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
         ("FastAPI/Starlette routing + deps", r"fastapi/|starlette/|anyio/"),
         ("uvicorn HTTP parsing", r"uvicorn/|server/main\.py|httptools"),
         ("asyncio (tasks, futures)", r"asyncio/"),
+    ]
+]
+# perf's CPU-clock samples by the shared object they ran in, grouped. perf counts only time on
+# a CPU, where py-spy also samples a thread that is runnable but not running (the woken client
+# preempting the daemon in send(2) reads as time in send): the two views differ there.
+LIBRARIES: list[tuple[str, re.Pattern[str]]] = [
+    (name, re.compile(pattern))
+    for name, pattern in [
+        ("ONNX Runtime", r"onnxruntime"),
+        ("kernel (syscalls, TCP, scheduling)", r"^\[kernel"),
+        ("Python interpreter", r"^libpython"),
+        ("PyTorch", r"^libtorch|^libc10"),
+        ("numpy", r"^_multiarray|numpy"),
+        ("uvloop", r"^loop\.cpython"),
+        ("parsers (orjson, httptools)", r"^orjson|^parser\.cpython|^url_parser"),
+        ("grpc", r"cygrpc|_message\.abi3"),
+        ("libc, libstdc++, loader", r"^libc\.|^libstdc|^ld-linux|^libm\.|^\[vdso"),
     ]
 ]
 # Leaves where a thread waits in C (py-spy cannot tell these from work): uvloop's run loop in
@@ -107,6 +124,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     p.add_argument("--api", choices=sorted(REQUESTS), default="oip")
+    p.add_argument("--perf-seconds", type=float, default=10, help="perf's window, after py-spy's")
     p.add_argument("--out", type=Path, default=RESULTS / "request_profile.json")
     args = p.parse_args()
     env = {"LCS_GRPC_PORT": "0", "LCS_LOG_LEVEL": "warning"}
@@ -115,7 +133,8 @@ def main() -> None:
         url = server.url
         tier = wait_tier2(url)
         done: list[float] = []
-        client = threading.Thread(target=drive, args=(url, args.seconds + 4, done, args.api))
+        drive_s = args.seconds + args.perf_seconds + 6
+        client = threading.Thread(target=drive, args=(url, drive_s, done, args.api))
         client.start()
         time.sleep(1.0)  # the client is in its stride before sampling starts
         proc = psutil.Process(server.proc.pid)
@@ -129,9 +148,15 @@ def main() -> None:
         stopped = time.monotonic()
         cpu = sum(proc.cpu_times()[:2]) - cpu0
         loop = _thread_cpu(proc, proc.pid) - loop0
+        # perf after py-spy, not beside it: the two together doubled the CPU per request.
+        perf_t0, perf_cpu0 = time.monotonic(), sum(proc.cpu_times()[:2])
+        perf = _perf_start(server.proc.pid, args.perf_seconds, raw.with_name("perf.data"))
+        libraries = _perf_libraries(perf, raw.with_name("perf.data"))
+        perf_t1, perf_cpu = time.monotonic(), sum(proc.cpu_times()[:2]) - perf_cpu0
         client.join()
         # py-spy samples for `seconds` once attached: the window ends when it exits.
         requests = sum(1 for t in done if stopped - args.seconds <= t <= stopped)
+        perf_requests = sum(1 for t in done if perf_t0 <= t <= perf_t1)
     total = 1e6 * cpu / requests  # the daemon process's CPU, all threads, user + system
     # The event loop's own share (the main thread): what bounds throughput under concurrency.
     on_loop = 1e6 * loop / requests
@@ -145,6 +170,10 @@ def main() -> None:
         "cpu_us_per_request": total,
         "loop_thread_cpu_us_per_request": on_loop,
         "components": per,
+        # perf's shares of the daemon's CPU in its own window (None: no perf, or not permitted)
+        "libraries": libraries,
+        # the CPU per request in perf's window, its sampling's cost included
+        "perf_cpu_us_per_request": 1e6 * perf_cpu / perf_requests if perf_requests else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
@@ -152,6 +181,41 @@ def main() -> None:
           f" ({on_loop:.0f} µs of it on the event loop's thread)")  # fmt: skip
     for name, us in per.items():
         print(f"{us:8.1f} µs  {name}")
+    if out["libraries"] is not None:
+        print(f"share by library (perf, CPU-clock samples, its own window: "
+              f"{out['perf_cpu_us_per_request']:.0f} µs of CPU a request):")  # fmt: skip
+        for name, share in out["libraries"].items():
+            print(f"{100 * share:7.1f} %  {name}")
+
+
+def _perf_start(pid: int, seconds: float, data: Path) -> subprocess.Popen[bytes] | None:
+    """`perf record` of the daemon for the sampling window, if perf is installed."""
+    exe = shutil.which("perf")
+    if exe is None:
+        return None
+    cmd = [exe, "record", "-F", "199", "-p", str(pid), "-o", str(data), "--", "sleep",
+           str(int(seconds))]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _perf_libraries(perf: subprocess.Popen[bytes] | None, data: Path) -> dict[str, float] | None:
+    """Each library group's share of perf's samples, largest first."""
+    if perf is None or perf.wait(60) != 0 or not data.exists():
+        return None
+    report = subprocess.run(
+        ["perf", "report", "-i", str(data), "--sort", "dso", "--stdio", "-g", "none"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    shares: dict[str, float] = collections.defaultdict(float)
+    for line in report.stdout.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(\S+)", line)
+        if m:
+            lib = m.group(2)
+            group = next((n for n, pat in LIBRARIES if pat.search(lib)), "other native code")
+            shares[group] += float(m.group(1)) / 100
+    total = sum(shares.values())
+    ordered = sorted(shares.items(), key=lambda kv: -kv[1])
+    return {k: v / total for k, v in ordered} if total else None
 
 
 def _thread_cpu(proc: psutil.Process, tid: int) -> float:
