@@ -20,7 +20,7 @@ from benchmarks.common import RESULTS, machine
 
 CACHE = RESULTS / "accuracy-ab"
 # The levels the goal is judged at: where the single-level networks were trained.
-LEVELS = {"structured": (0.25, 0.5), "unstructured": (0.9, 0.95)}
+LEVELS = {"structured": (0.25, 0.5), "unstructured": (0.9, 0.95), "quantization": (8.0, 4.0)}
 # Compressed-end mixture: half of the uniform draws from the most compressed quarter of α.
 MIX = {"compressed_mix": 0.5, "compressed_span": 0.25}
 # Recipe 2's unstructured LCS+P (the reference's 80 % dense, then uniform), pinned: the family's
@@ -38,6 +38,9 @@ class Recipe:
     overrides: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
     method: str = "LCS+P+IN"  # the plan's method it trains (its kind, norm, levels)
+    # A control that is make accuracy's own run at its plan.epochs and recipe: read from its
+    # cache, never trained here.
+    from_plan: bool = False
 
     def plan_method(self) -> Method:
         return next(m for m in methods(self.family) if m.label == self.method)
@@ -87,6 +90,39 @@ RECIPES = [
         MIX | {"prune_warmup": 0.5, "distill": True},
     ),
     Recipe("u-d", "unstructured", "(d) recipe 2, 20 epochs", LEGACY, epochs=20),
+    # Lines: make accuracy's LCS+L at 20 epochs is the control for each distilled line.
+    Recipe(
+        "u-l20",
+        "unstructured",
+        "LCS+L today, 20 epochs (make accuracy)",
+        epochs=20,
+        method="LCS+L+IN",
+        from_plan=True,
+    ),
+    Recipe(
+        "u-l20d",
+        "unstructured",
+        "LCS+L + --distill (dense teacher), 20 epochs",
+        {"distill": True},
+        epochs=20,
+        method="LCS+L+IN",
+    ),
+    Recipe(
+        "q-l20",
+        "quantization",
+        "LCS+L today, 20 epochs (make accuracy)",
+        epochs=20,
+        method="LCS+L+IN",
+        from_plan=True,
+    ),
+    Recipe(
+        "q-l20d",
+        "quantization",
+        "LCS+L + --distill (8-bit teacher), 20 epochs",
+        {"distill": True},
+        epochs=20,
+        method="LCS+L+IN",
+    ),
 ]
 BY_KEY = {r.key: r for r in RECIPES}
 
@@ -100,9 +136,11 @@ def _path(r: Recipe, seed: int) -> Path:
 
 
 def cached(r: Recipe, seed: int) -> dict[str, Any] | None:
-    """A stored run of this recipe and seed; a recipe that is make accuracy's own (no
-    overrides, 10 epochs) reads make accuracy's cache."""
+    """A stored run of this recipe and seed; a recipe that is make accuracy's own (from_plan,
+    or no overrides at 10 epochs) reads make accuracy's cache."""
     m = r.plan_method()
+    if r.from_plan:
+        return run.cached(m, seed, TEN_EPOCHS | {"epochs": r.epochs})
     if not r.overrides and r.epochs == 10:
         return run.cached(m, seed, TEN_EPOCHS)
     path = _path(r, seed)
@@ -180,6 +218,7 @@ def summary(seeds: list[int]) -> dict[str, Any]:
                     "epochs": r.epochs,
                     "overrides": r.overrides,
                     "method": r.method,
+                    "from_plan": r.from_plan,
                     "seeds": sorted(runs),
                     "rows": [
                         {"gamma": g, "seeds": [_at(rec["rows"], g) for rec in runs.values()]}
@@ -208,7 +247,7 @@ def main() -> None:
     jobs = [(BY_KEY[k], s) for k in args.recipes for s in args.seeds]
     if args.jobs:
         jobs = [(BY_KEY[j.split(":")[0]], int(j.split(":")[1])) for j in args.jobs]
-    todo = [(r, s) for r, s in jobs if cached(r, s) is None]
+    todo = [(r, s) for r, s in jobs if cached(r, s) is None and not r.from_plan]
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to train", flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     runs = Path(args.runs_dir)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 from benchmarks.accuracy.plan import AXIS
 from benchmarks.report import PLOTS, table
 
-NAMES = {"structured": "width", "unstructured": "pruned"}
+NAMES = {"structured": "width", "unstructured": "pruned", "quantization": "bits"}
 
 
 def _cell(values: list[float]) -> str:
@@ -34,14 +34,13 @@ def family_table(family: str, d: dict[str, Any]) -> str:
     levels = d["levels"]
     head = ["recipe", "epochs", "seeds"]
     for g in levels:
-        head += [f"{NAMES[family]} γ {g:g}: mean (per seed)", "Δ", "Δ vs (a), same seeds"]
+        head += [f"{NAMES[family]} γ {g:g}: mean (per seed)", "Δ", "Δ vs control, same seeds"]
     head.append("min per run (1 thread, loaded)")
     refs = {g: d["reference"][f"{g:g}"] for g in levels}
     rows: list[list[Any]] = []
     ref_row: list[Any] = ["trained for γ alone (BatchNorm), make accuracy", 10, "0, 1, 2"]
     for g in levels:
         ref_row += [_cell(refs[g]), "", ""]
-    today = next(r for r in d["recipes"] if r["key"].endswith("-a"))
     rows.append([*ref_row, ""])
     for rec in d["recipes"]:
         row: list[Any] = [rec["label"], rec["epochs"], ", ".join(map(str, rec["seeds"]))]
@@ -51,16 +50,23 @@ def family_table(family: str, d: dict[str, Any]) -> str:
                 continue
             vals = _at(rec, g)
             gap = 100 * (statistics.fmean(vals) - statistics.fmean(refs[g]))
-            row += [_cell(vals), f"{gap:+.1f}", _paired(rec, today, g)]
+            row += [_cell(vals), f"{gap:+.1f}", _paired(rec, _control(rec, d["recipes"]), g)]
         times = [t for t in rec["train_s"] if t]
         row.append(f"{statistics.fmean(times) / 60:.1f}" if times else "")
         rows.append(row)
     return table(head, rows)
 
 
-def _paired(rec: dict[str, Any], today: dict[str, Any], gamma: float) -> str:
-    """Mean difference to today's recipe over the seeds both ran (seed noise is shared)."""
-    if rec is today or not rec["method"].startswith("LCS"):
+def _control(rec: dict[str, Any], recipes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What a recipe is compared with: make accuracy's own run of its method (from_plan), else
+    the family's row (a)."""
+    same = [c for c in recipes if c.get("from_plan") and c["method"] == rec["method"]]
+    return next(iter(same), None) or next((c for c in recipes if c["key"].endswith("-a")), None)
+
+
+def _paired(rec: dict[str, Any], today: dict[str, Any] | None, gamma: float) -> str:
+    """Mean difference to the control over the seeds both ran (seed noise is shared)."""
+    if today is None or rec is today or not rec["method"].startswith("LCS"):
         return ""
     mine = dict(zip(rec["seeds"], _at(rec, gamma), strict=True))
     base = dict(zip(today["seeds"], _at(today, gamma), strict=True))
@@ -104,12 +110,15 @@ def plot(d: dict[str, Any]) -> str:
         if family == "structured":
             ax.invert_xaxis()
             ax.set_ylim(75, 100)
+        elif family == "quantization":
+            ax.invert_xaxis()
+            ax.set_ylim(85, 100)
         else:
             ax.set_xlim(0.45, 1.0)
             ax.set_ylim(60, 100)
         ax.set_xlabel(AXIS[family] + " (more compressed →)")
         ax.set_ylabel("test accuracy (%): mean, band = seed range")
-        ax.set_title(f"{family} LCS+P recipes, small CNN on digits")
+        ax.set_title(f"{family} LCS recipes, small CNN on digits")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6.5)
     fig.tight_layout()
@@ -130,9 +139,11 @@ SETUP = (
     "½, drawn from the most compressed quarter of the α range instead, i.e. α ~ ½·U(α_min, "
     "α_max) + ½·U(α_min, α_min + ¼(α_max − α_min)); for structured that is the sandwich's two "
     "middle members (its α_min member is already trained every step), for unstructured LCS+P "
-    "the one draw a step after the dense warm-up. `Δ vs (a), same seeds` is the paired "
+    "the one draw a step after the dense warm-up. `Δ vs control, same seeds` is the paired "
     "difference on the seeds both recipes ran, which cancels most of the seed-to-seed "
-    "spread. A run that was stopped and resumed from its last finished epoch says so below."
+    "spread; the control is row (a), or for the line recipes make accuracy's own LCS+L run of "
+    "the same length. A run that was stopped and resumed from its last finished epoch says "
+    "so below."
 )
 
 
