@@ -168,8 +168,9 @@ def checkpoint_path(runs_dir: Path, m: Method, seed: int, settings: dict[str, An
 
 def method_settings(m: Method, settings: dict[str, Any]) -> dict[str, Any]:
     """The run's settings as this method trains: its recipe (plan.recipe) and its epochs
-    (the run's --epochs, else plan.epochs)."""
-    return settings | {"recipe": recipe(m), "epochs": settings.get("epochs") or epochs(m)}
+    (the run's --epochs, else plan.epochs). A caller may pin the recipe: the A/B reads runs of
+    an earlier one as its controls."""
+    return {"recipe": recipe(m)} | settings | {"epochs": settings.get("epochs") or epochs(m)}
 
 
 def _store(m: Method, seed: int, settings: dict[str, Any], result: dict[str, Any]) -> None:
