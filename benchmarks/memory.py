@@ -11,9 +11,11 @@ from benchmarks.common import save
 from tests.helpers import ROOT
 
 CHILD = """
-import json, sys, psutil, torch
+import ctypes, json, sys, psutil, torch
 from models import LevelCompressor, SubspaceSpec, create_model
+from models.compression.cache import LEVEL_CACHE
 arch, family, kind = sys.argv[1:4]
+libc = ctypes.CDLL("libc.so.6")
 torch.set_num_threads(1)
 proc = psutil.Process()
 base = proc.memory_info().rss
@@ -26,11 +28,15 @@ for alpha in net.spec.calc.grid(7):
     level = levels(alpha)
     with torch.inference_mode():
         net(x, level)
-    rows.append({"alpha": level.alpha, "gamma": level.gamma,
-                 "rss_mb": proc.memory_info().rss / 1e6})
+    rss = proc.memory_info().rss
+    libc.malloc_trim(0)  # what glibc keeps of freed blocks vs what the process holds
+    rows.append({"alpha": level.alpha, "gamma": level.gamma, "rss_mb": rss / 1e6,
+                 "trimmed_mb": proc.memory_info().rss / 1e6,
+                 "cache_mb": LEVEL_CACHE.nbytes / 1e6, "buffers_mb": levels.buffers.nbytes() / 1e6})
     del level
 print(json.dumps({"arch": arch, "family": family, "kind": kind, "python_torch_mb": base / 1e6,
-                  "weights_mb": (loaded - base) / 1e6, "levels": rows}))
+                  "weights_mb": (loaded - base) / 1e6,
+                  "cache_bound_mb": LEVEL_CACHE.bound_bytes / 1e6, "levels": rows}))
 """
 
 

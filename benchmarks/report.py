@@ -173,18 +173,33 @@ def server_section(d: dict[str, Any]) -> str:
         + [sum(r["errors"] for r in rs)]
         for (tier, g, c), rs in runs.items()
     ]
-    split = [
-        [*key.split(), s["total"], s["decode"], s["queue"], s["forward"], s["http_and_framework"]]
-        for key, s in d["split_ms"].items()
-    ]
+    split = [_split_row(key, s, runs) for key, s in d["split_ms"].items()]
     out = (
         "## Server throughput and latency\n\n`python -m benchmarks.server_load`: the default "
         "model, `hey` on the same 2 cores as the server (it takes a share of the CPU), "
         f"{d['threads']} torch threads, raw PNG bodies. One server per tier (`torch`: tier 2 "
         "off), runs alternating between them; medians over the runs.\n\n"
         + table(["tier", "γ", "concurrency", "runs", "req/s", "p50 ms", "p99 ms", "errors"], rows)
-        + "\n\nWhere a request's time goes at concurrency 1 (medians, ms):\n\n"
-        + table(["tier", "γ", "total", "decode", "queue", "forward", "HTTP + framework"], split)
+        + "\n\nWhere a request's time goes at concurrency 1 (medians, ms). Total: hey's p50 "
+        "at c = 1 above (hey is in C; the httpx client that reads the daemon's own timings "
+        "adds ~0.7 ms of its own, which the first round's table counted as HTTP). In the app: "
+        "the daemon's `latency_ms`, from the route receiving the request to its response; "
+        "*outside* is the rest of the round trip: uvicorn's parsing and write, the kernel's "
+        "TCP on loopback, hey. Non-forward: total − forward (issue 18's goal: ≤ 0.5 ms).\n\n"
+        + table(
+            [
+                "tier",
+                "γ",
+                "total",
+                "decode",
+                "queue",
+                "forward",
+                "rest in the app",
+                "outside the app",
+                "non-forward",
+            ],
+            split,
+        )
         + "\n"
     )
     if "allowed_speedup" in d:
@@ -206,6 +221,19 @@ def server_section(d: dict[str, Any]) -> str:
             + "\n"
         )
     return out
+
+
+def _split_row(key: str, s: dict[str, float], runs: dict[tuple[str, float, int], Any]) -> list:
+    tier, gamma = key.split()
+    rest = s["in_app"] - s["decode"] - s["queue"] - s["forward"]
+    at_1 = runs.get((tier, float(gamma), 1))
+    if not at_1:  # no hey row at c = 1 to take the total from
+        return [tier, gamma, "", s["decode"], s["queue"], s["forward"], rest, "", ""]
+    total = statistics.median(r["p50_ms"] for r in at_1)
+    return [
+        tier, gamma, total, s["decode"], s["queue"], s["forward"], rest,
+        total - s["in_app"], total - s["forward"],
+    ]  # fmt: skip
 
 
 def adaptation_section(d: dict[str, Any]) -> str:
@@ -649,25 +677,47 @@ def peers_section(d: dict[str, Any]) -> str:
 
 
 def memory_section(d: dict[str, Any]) -> str:
-    rows = [
-        [
-            r["arch"],
-            r["family"],
-            r["kind"],
-            r["weights_mb"],
-            min(x["rss_mb"] for x in r["levels"]),
-            max(x["rss_mb"] for x in r["levels"]),
-        ]
-        for r in d["rows"]
-    ]
+    rows = []
+    for r in d["rows"]:
+        lv = r["levels"]
+        rows.append(
+            [
+                r["arch"],
+                r["family"],
+                r["kind"],
+                r["weights_mb"],
+                max(x["cache_mb"] for x in lv),
+                max(x["buffers_mb"] for x in lv),
+                min(x["rss_mb"] for x in lv),
+                max(x["rss_mb"] for x in lv),
+                max(x["trimmed_mb"] for x in lv),
+            ]
+        )
+    bound = d["rows"][0]["cache_bound_mb"]
     return (
         "## Memory\n\n`python -m benchmarks.memory`: resident set of a process holding the "
         "subspace (random weights) after a forward pass at each of 7 levels, with the "
         'serving caches on. The line subspace\'s cost over the point one is the "weights" '
-        "column: structured LCS+L duplicates only the norms. Unstructured point keeps |w| "
-        "sorted (one more copy); quantization caches all six bit widths.\n\n"
+        "column: structured LCS+L duplicates only the norms. Level cache: the process-wide "
+        f"LRU of compressed levels (quantization's bit widths), bounded at {bound:.0f} MB "
+        "(`LCS_LEVEL_CACHE_MB`, 256 MiB by default: all six LCS+P bit widths of ResNet18, "
+        "five of its LCS+L ones), its largest size over the 7 levels; buffers: the reused "
+        "output tensors unstructured levels are written into. *Trimmed*: the resident set "
+        "right after `malloc_trim(0)` (the daemon calls it under memory pressure), so the "
+        "gap to the column before it is freed memory glibc had kept, not memory held.\n\n"
         + table(
-            ["arch", "family", "kind", "weights MB", "min resident MB", "max resident MB"], rows
+            [
+                "arch",
+                "family",
+                "kind",
+                "weights MB",
+                "level cache MB",
+                "buffers MB",
+                "min resident MB",
+                "max resident MB",
+                "max trimmed MB",
+            ],
+            rows,
         )
         + "\n"
     )

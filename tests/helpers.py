@@ -100,6 +100,9 @@ def live_server(
 
     port = free_port()
     full_env = {
+        # gRPC on as by default, each daemon on a port of its own: two benchmark servers side by
+        # side would both bind 8001 (tests turn gRPC off in conftest, unless they ask for it)
+        "LCS_GRPC_PORT": str(free_port()),
         **os.environ,
         "LCS_PORT": str(port),
         "LCS_HOST": "127.0.0.1",
