@@ -1,5 +1,5 @@
-"""Thousands of concurrent requests while the controller's callback moves the level every 2 ms:
-each response's prediction equals the model's own output at the level the response reports."""
+"""Thousands of concurrent requests while the controller's callback moves the level every 20
+requests: each response's prediction is the model's own output at the level it reports."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from server.settings import Settings
 from tests.helpers import digits, encode
 
 REQUESTS = 2000
+MOVE_EVERY = 20  # requests between two level moves
 
 
 async def scenario() -> tuple[list[tuple[int, dict]], int]:
@@ -27,24 +28,24 @@ async def scenario() -> tuple[list[tuple[int, dict]], int]:
     arrs, _ = digits(16)
     pngs = [encode(a) for a in arrs]
     grid = model.level.calc.grid(7)
-    stop = asyncio.Event()
+    rng = random.Random(0)
     moves = 0
 
-    async def controller_moves() -> None:  # what the controller does on a decision
+    def controller_moves() -> None:  # what the controller does on a decision
         nonlocal moves
-        rng = random.Random(0)
-        while not stop.is_set():
-            d._on_level(model, rng.choice(grid), "test")
-            moves += 1
-            await asyncio.sleep(0.002)
+        d._on_level(model, rng.choice(grid), "test")
+        moves += 1
 
     async def one(client: httpx.AsyncClient, i: int) -> tuple[int, dict]:
+        # A move every MOVE_EVERY requests, with up to 64 in flight: as many moves however
+        # fast the machine is (a mover on a 2 ms timer made 39 on a loaded one, 100+ idle).
+        if i % MOVE_EVERY == 0:
+            controller_moves()
         j = i % len(pngs)
         r = await client.post("/predict", content=pngs[j], headers={"content-type": "image/png"})
         assert r.status_code == 200, r.text
         return j, r.json()
 
-    mover = asyncio.create_task(controller_moves())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://lcs") as client:
         sem = asyncio.Semaphore(64)
@@ -54,8 +55,6 @@ async def scenario() -> tuple[list[tuple[int, dict]], int]:
                 return await one(client, i)
 
         results = await asyncio.gather(*(bounded(i) for i in range(REQUESTS)))
-    stop.set()
-    await mover
     await serving.stop(d)
     return results, moves
 
@@ -80,5 +79,5 @@ def test_no_response_mixes_levels():
         mismatches += (
             top["index"] != int(ref.argmax()) or abs(top["probability"] - float(ref.max())) > 1e-4
         )
-    assert len(results) == REQUESTS and moves > 50 and len(seen) >= 5
+    assert len(results) == REQUESTS and moves == REQUESTS // MOVE_EVERY and len(seen) >= 5
     assert mismatches == 0
