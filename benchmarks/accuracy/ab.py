@@ -107,6 +107,32 @@ RECIPES = [
         epochs=20,
         method="LCS+L+IN",
     ),
+    # The line's ramp to γ(α) takes 80 % of training: a shorter one, then the compressed-end mix;
+    # then a longer schedule (adopted: make accuracy's unstructured family trains 30 epochs, and
+    # its LCS+L records are these runs, stored in its cache).
+    Recipe(
+        "u-l20w",
+        "unstructured",
+        "LCS+L, ramp over 50 % (not 80), 20 epochs",
+        {"prune_warmup": 0.5},
+        epochs=20,
+        method="LCS+L+IN",
+    ),
+    Recipe(
+        "u-l20m",
+        "unstructured",
+        "LCS+L, ramp over 50 %, ½ of draws from the compressed quarter, 20 epochs",
+        MIX | {"prune_warmup": 0.5},
+        epochs=20,
+        method="LCS+L+IN",
+    ),
+    Recipe(
+        "u-l30",
+        "unstructured",
+        "LCS+L, 30 epochs (make accuracy's since)",
+        epochs=30,
+        method="LCS+L+IN",
+    ),
     Recipe(
         "q-l20",
         "quantization",

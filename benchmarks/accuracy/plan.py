@@ -16,14 +16,16 @@ RECIPE_2_DEFAULTS = {"prune_warmup": 0.8, "compressed_mix": 0.0, "compressed_spa
 # (issue 19's A/B row (c''), 20 epochs, 3 seeds: width 0.25 97.1 % against 96.1 plain, paired
 # +1.3 / +1.4 / +0.2; width 0.5 98.4 against 98.1; no width more than 0.1 below plain).
 OVERRIDES: dict[str, dict[str, bool]] = {"structured-lcspin": {"distill": True}}
-# Epochs per run, by family: 20 in every family (structured LCS+P at 20 epochs gained 5.2
-# points at width 0.25 over 10, paired, 3 seeds; the digits give 32 steps an epoch, so 10
-# epochs left LCS+L ~80 steps at its dense end, and quantization LCS+L 2.3-2.6 points short
-# at 4-8 bits). Within a family every LCS network and every network trained for one level
-# alone train equally long, so each cell of the goal compares runs of equal length.
+# Epochs per run, by family: 20 (structured LCS+P at 20 epochs gained 5.2 points at width
+# 0.25 over 10, paired, 3 seeds; the digits give 32 steps an epoch, so 10 epochs left LCS+L
+# ~80 steps at its dense end, and quantization LCS+L 2.3-2.6 points short at 4-8 bits);
+# unstructured 30 (its LCS+L at 20 was 1.6-2.5 points short at 75-95 % pruned; the A/B's
+# u-l30 gained 0.5-1.7 points at 90-95 % on the seeds it paired). Within a family every LCS
+# network and every network trained for one level alone train equally long, so each cell of
+# the goal compares runs of equal length.
 # Discrete and Sandwich (baselines outside the goal, 4 passes a step) stay at 10.
 DEFAULT_EPOCHS = 10
-FAMILY_EPOCHS = {"structured": 20, "unstructured": 20, "quantization": 20}
+FAMILY_EPOCHS = {"structured": 20, "unstructured": 30, "quantization": 20}
 EPOCHS = {"structured-discrete": 10, "structured-sandwich": 10}
 STRUCTURED_WIDTHS = (0.25, 0.5, 0.75, 1.0)  # Discrete's widths, and the single-width networks
 TOPK_TARGETS = (0.5, 0.75, 0.9, 0.95)  # fraction pruned each unstructured baseline trains at
