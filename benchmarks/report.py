@@ -400,30 +400,50 @@ def hog_section(d: dict[str, Any]) -> str:
     )
 
 
+def _budget_rows(d: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The runs of each mode (one per round; older files hold one run a mode)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in d["rows"]:
+        by.setdefault(r["mode"], []).append(r)
+    return by
+
+
 def budget_section(d: dict[str, Any]) -> str:
     names = list(d["rates"])
-    rows = [
-        [
-            r["mode"],
-            f"{100 * r['weighted_accuracy']:.2f} %",
-            f"{100 * r['over_target']:.1f} %",
-            "n/a" if r["daemon_cores"] is None else f"{r['daemon_cores']:.2f}",
-            *(
-                f"{r['models'][m]['mean_alpha']:.2f} / {100 * r['models'][m]['over_target']:.0f} %"
-                if m in r["models"]
-                else "n/a"
-                for m in names
-            ),
-        ]
-        for r in d["rows"]
-    ]
+    by = _budget_rows(d)
+    med = statistics.median
+
+    def model_cell(rs: list[dict[str, Any]], m: str) -> str:
+        if not all(m in r["models"] for r in rs):
+            return "n/a"
+        alpha = med(r["models"][m]["mean_alpha"] for r in rs)
+        return f"{alpha:.2f} / {100 * med(r['models'][m]['over_target'] for r in rs):.0f} %"
+
+    rows = []
+    for mode, rs in by.items():
+        cores = [r["daemon_cores"] for r in rs if r["daemon_cores"] is not None]
+        rows.append(
+            [
+                mode,
+                len(rs),
+                f"{100 * med(r['weighted_accuracy'] for r in rs):.2f} %",
+                f"{100 * med(r['over_target'] for r in rs):.1f} %",
+                " / ".join(f"{100 * r['over_target']:.1f}" for r in rs),
+                f"{med(cores):.2f}" if cores else "n/a",
+                *(model_cell(rs, m) for m in names),
+            ]
+        )
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(7, 3), dpi=110)
-    modes = [r["mode"] for r in d["rows"]]
-    a1.bar(modes, [100 * r["weighted_accuracy"] for r in d["rows"]], color="tab:blue")
+    modes = list(by)
+    for ax, key, color in ((a1, "weighted_accuracy", "tab:blue"), (a2, "over_target", "tab:red")):
+        vals = [[100 * r[key] for r in by[m]] for m in modes]
+        mid = [med(v) for v in vals]
+        pairs = list(zip(mid, vals, strict=True))
+        spread = [[c - min(v) for c, v in pairs], [max(v) - c for c, v in pairs]]
+        ax.bar(modes, mid, color=color, yerr=spread, capsize=4)
     lo = min(100 * r["weighted_accuracy"] for r in d["rows"])
     a1.set_ylim(max(0, lo - 5), 100)
     a1.set_ylabel("traffic-weighted accuracy (%)")
-    a2.bar(modes, [100 * r["over_target"] for r in d["rows"]], color="tab:red")
     a2.set_ylabel("requests over target (%)")
     fig.tight_layout()
     fig.savefig(PLOTS / "budget.png")
@@ -439,9 +459,18 @@ def budget_section(d: dict[str, Any]) -> str:
         "forward latency) fits in an equal split of the fair share the daemon's inference "
         "thread gets against the burners (cores / (burners + 1), less 20 % headroom). Target "
         "per model: 1.6× its median latency before the hog in the first run, the same for "
-        "every mode. Per model: mean α / share over target.\n\n"
+        "every mode. The modes alternate, round after round; medians over the rounds (bars: "
+        "the range). Per model: mean α / share over target.\n\n"
         + table(
-            ["mode", "weighted accuracy", "over target", "daemon cores", *names],
+            [
+                "mode",
+                "runs",
+                "weighted accuracy",
+                "over target",
+                "over target per run (%)",
+                "daemon cores",
+                *names,
+            ],
             rows,
         )
         + "\n\n![budget](benchmarks/results/plots/budget.png)\n"
