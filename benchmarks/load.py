@@ -51,21 +51,29 @@ def hey(
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=requests * timeout_s)
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
-    latencies = sorted(float(r["response-time"]) for r in rows)
-    ok = [r for r in rows if r["status-code"] == "200"]
+    ok = sum(r["status-code"] == "200" for r in rows)
     # hey's CSV has each request's offset from the start; the span gives the throughput.
     span = max(float(r["offset"]) + float(r["response-time"]) for r in rows) if rows else 1.0
+    latencies = [float(r["response-time"]) for r in rows]
+    return summary(concurrency, len(rows), ok, span, latencies)
+
+
+def summary(
+    concurrency: int, requests: int, ok: int, span_s: float, latencies_s: list[float]
+) -> dict[str, Any]:
+    """One load row, whichever client ran it: answers per second over the span, and the
+    latency percentiles in ms (0 with fewer than two latencies)."""
     q = (
-        statistics.quantiles(latencies, n=100, method="inclusive")
-        if len(latencies) > 1
+        statistics.quantiles(sorted(latencies_s), n=100, method="inclusive")
+        if len(latencies_s) > 1
         else [0] * 99
     )
     return {
         "concurrency": concurrency,
-        "requests": len(rows),
-        "ok": len(ok),
-        "errors": len(rows) - len(ok),
-        "rps": len(ok) / span,
+        "requests": requests,
+        "ok": ok,
+        "errors": requests - ok,
+        "rps": ok / span_s,
         "p50_ms": 1e3 * q[49],
         "p99_ms": 1e3 * q[98],
     }
@@ -118,24 +126,10 @@ def h2load_grpc(
     answered = int(data.group(1)) // answer_bytes
     starts = [int(r[0]) for r in rows]
     ends = [int(r[0]) + int(r[2]) for r in rows]
-    latencies = sorted(int(r[2]) / 1e6 for r in rows)
     ok = min(answered, sum(r[1] == "200" for r in rows))
     span = (max(ends) - min(starts)) / 1e6 if rows else 1.0
-    q = (
-        statistics.quantiles(latencies, n=100, method="inclusive")
-        if len(latencies) > 1
-        else [0] * 99
-    )
-    return {
-        "concurrency": concurrency,
-        "requests": requests,
-        "ok": ok,
-        "errors": requests - ok,
-        "rps": ok / span,
-        "p50_ms": 1e3 * q[49],
-        "p99_ms": 1e3 * q[98],
-        "client": "h2load",
-    }
+    latencies = [int(r[2]) / 1e6 for r in rows]
+    return summary(concurrency, requests, ok, span, latencies) | {"client": "h2load"}
 
 
 def grpc_frame(message: bytes) -> bytes:

@@ -11,11 +11,11 @@ from benchmarks.common import save
 from tests.helpers import ROOT
 
 CHILD = """
-import ctypes, json, sys, psutil, torch
+import json, sys, psutil, torch
 from models import LevelCompressor, SubspaceSpec, create_model
 from models.compression.cache import LEVEL_CACHE
+from server.admission import trim
 arch, family, kind = sys.argv[1:4]
-libc = ctypes.CDLL("libc.so.6")
 torch.set_num_threads(1)
 proc = psutil.Process()
 base = proc.memory_info().rss
@@ -29,7 +29,7 @@ for alpha in net.spec.calc.grid(7):
     with torch.inference_mode():
         net(x, level)
     rss = proc.memory_info().rss
-    libc.malloc_trim(0)  # what glibc keeps of freed blocks vs what the process holds
+    trim()  # malloc_trim(0), as the daemon does: what glibc keeps of freed blocks vs what is held
     rows.append({"alpha": level.alpha, "gamma": level.gamma, "rss_mb": rss / 1e6,
                  "trimmed_mb": proc.memory_info().rss / 1e6,
                  "cache_mb": LEVEL_CACHE.nbytes / 1e6, "buffers_mb": levels.buffers.nbytes() / 1e6})

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import save
-from benchmarks.load import grpc_frame, h2load_grpc, hey, wait_for_tier
+from benchmarks.load import grpc_frame, h2load_grpc, hey, summary, wait_for_tier
 from tests.helpers import digits, encode, free_port, live_server
 
 HEADER = "Inference-Header-Content-Length"
@@ -116,10 +116,8 @@ def grpc_python_load(port: int, req: Any, concurrency: int, requests: int) -> di
             return latencies, errors, time.perf_counter() - start
 
     latencies, errors, span = asyncio.run(run())
-    q = statistics.quantiles(latencies, n=100, method="inclusive")
-    return {"concurrency": concurrency, "requests": len(latencies) + errors, "ok": len(latencies),
-            "errors": errors, "rps": len(latencies) / span, "p50_ms": 1e3 * q[49],
-            "p99_ms": 1e3 * q[98], "client": "python"}  # fmt: skip
+    ok = len(latencies)
+    return summary(concurrency, ok + errors, ok, span, latencies) | {"client": "python"}
 
 
 def parse_times(repeats: int) -> dict[str, float]:

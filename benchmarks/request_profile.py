@@ -21,6 +21,11 @@ import psutil
 from benchmarks.common import RESULTS, machine
 from tests.helpers import digits, encode, live_server
 
+
+def _compiled(patterns: list[tuple[str, str]]) -> list[tuple[str, re.Pattern[str]]]:
+    return [(name, re.compile(pattern)) for name, pattern in patterns]
+
+
 # The route each --api drives (its body: request() below).
 REQUESTS = {
     "oip": "/v2/models/digits/infer",  # OIP v2 JSON, one 28×28 tensor
@@ -28,9 +33,8 @@ REQUESTS = {
 }
 # A sample belongs to the first component found walking from its innermost frame outward, so
 # json.loads under oip.parse_http is "OIP parse", and a lock under Engine submit is "engine hop".
-COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
-    (name, re.compile(pattern))
-    for name, pattern in [
+COMPONENTS = _compiled(
+    [
         ("forward (ONNX Runtime / torch)", r"Session\.run|InferenceService\.forward|Module\._call"),
         ("OIP encode", r"^(encode_http|outputs_for|response_parameters) "),
         ("OIP parse", r"server/oip\.py"),
@@ -52,13 +56,12 @@ COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
         ("uvicorn HTTP parsing", r"uvicorn/|server/main\.py|httptools"),
         ("asyncio (tasks, futures)", r"asyncio/"),
     ]
-]
+)
 # perf's CPU-clock samples by the shared object they ran in, grouped. perf counts only time on
 # a CPU, where py-spy also samples a thread that is runnable but not running (the woken client
 # preempting the daemon in send(2) reads as time in send): the two views differ there.
-LIBRARIES: list[tuple[str, re.Pattern[str]]] = [
-    (name, re.compile(pattern))
-    for name, pattern in [
+LIBRARIES = _compiled(
+    [
         ("ONNX Runtime", r"onnxruntime"),
         ("kernel (syscalls, TCP, scheduling)", r"^\[kernel"),
         ("Python interpreter", r"^libpython"),
@@ -69,7 +72,7 @@ LIBRARIES: list[tuple[str, re.Pattern[str]]] = [
         ("grpc", r"cygrpc|_message\.abi3"),
         ("libc, libstdc++, loader", r"^libc\.|^libstdc|^ld-linux|^libm\.|^\[vdso"),
     ]
-]
+)
 # Leaves where a thread waits in C (py-spy cannot tell these from work): uvloop's run loop in
 # epoll, an idle pool worker in its queue's get. Their CPU is in the process total below.
 WAITING = re.compile(
