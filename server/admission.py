@@ -91,8 +91,7 @@ class DecodeBudget:
                 f"decode budget of {self.total // 2**20} MB",
                 413,
             )
-        if nbytes <= self.free and (not self._waiters or nbytes <= self.small):
-            self.free -= nbytes
+        if self.take(nbytes):
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (nbytes, fut)
@@ -109,6 +108,13 @@ class DecodeBudget:
             if isinstance(e, TimeoutError):
                 raise BudgetBusy(1) from None
             raise
+
+    def take(self, nbytes: int) -> bool:
+        """`nbytes` now if acquire() would grant them without waiting; else False."""
+        if nbytes <= self.free and (not self._waiters or nbytes <= self.small):
+            self.free -= nbytes
+            return True
+        return False
 
     def release(self, nbytes: int) -> None:
         self.free += nbytes
@@ -159,6 +165,22 @@ async def decode_admitted(
     del ins  # the pool task holds the only reference to the opened image
     # The bytes are in use until the decode really ends, even after we stopped waiting.
     return await _wait(cf, deadline, functools.partial(budget.release, nbytes))
+
+
+def decode_now(preprocess: Preprocessor, budget: DecodeBudget, data: bytes) -> torch.Tensor | None:
+    """decode_admitted for an image it would decode on the event loop, when its bytes are
+    free in the budget now: the tensor, decoded right here; None otherwise, with nothing
+    reserved (decode_admitted then waits for them). Raises ImageError as decode_admitted."""
+    if len(data) > INLINE_INSPECT_BYTES:
+        return None
+    ins = preprocess.inspect(data)
+    nbytes = ins.cost_bytes
+    if ins.width * ins.height > INLINE_DECODE_PIXELS or not budget.take(nbytes):
+        return None
+    try:
+        return _decode(preprocess, ins, nbytes)
+    finally:
+        budget.release(nbytes)
 
 
 async def _wait(cf: Future[T], deadline: float, finished: Callable[[], None] | None = None) -> T:

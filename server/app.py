@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from models import checkpoint
 from server import daemon, tracing
 from server.grpc_server import start_grpc
-from server.middleware import BodyLimit, RequestLog
+from server.middleware import BodyLimit, Ledger, RequestLog
 from server.routes import health, level, predict, v2
 from server.routes.errors import HANDLED, error_response
 from server.routes.fast import HotPath
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from server.metrics import Metrics
 
     app.state.metrics = Metrics()
+    app.state.ledger = Ledger(app.state.metrics)  # RequestLog's, and in-place answers' too
     app.state.daemon = None
     for router in (predict.router, level.router, health.router, v2.router):
         app.include_router(router)
@@ -68,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestLog, metrics=app.state.metrics)
+    app.add_middleware(RequestLog, metrics=app.state.metrics, ledger=app.state.ledger)
     tracing.instrument(app)  # a no-op unless tracing is on
     return app
 

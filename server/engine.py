@@ -200,7 +200,7 @@ class Engine:
         if lone and level is None and self._inline_now():
             if time.monotonic() >= deadline:
                 raise DeadlineExceeded("no result within the request's deadline")
-            return self._run_inline(x)
+            return self.run_inline(x)
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -228,6 +228,10 @@ class Engine:
         finally:
             timer.cancel()
 
+    def inline_ready(self, deadline: float) -> bool:
+        """Whether a lone request may run its pass inline now (run_inline) within `deadline`."""
+        return self._inline_now() and time.monotonic() < deadline
+
     def _inline_now(self) -> bool:
         """Nothing of any model waits or runs on the inference thread, no batch window is
         open or asked for, and the model says its pass is short."""
@@ -240,7 +244,7 @@ class Engine:
             and self._inline()
         )
 
-    def _run_inline(self, x: torch.Tensor) -> Result:
+    def run_inline(self, x: torch.Tensor) -> Result:
         """One pass at the current level on the calling thread, reported as a batch of one
         that waited for nothing: the same Result, metrics and spans as through the queue."""
         rows, ran, tier, precision, start, seconds = self._pass(x.unsqueeze(0), None)

@@ -20,7 +20,7 @@ from controller.policy import LevelPoint, Profile
 from controller.readings import ModelFeedback
 from models import Level, SubspaceNet
 from server import tracing
-from server.admission import DecodeBudget, decode_admitted
+from server.admission import DecodeBudget, decode_admitted, decode_now
 from server.engine import Engine, Result
 from server.errors import HintError, NotReady, TooMany
 from server.levels import LevelState
@@ -59,6 +59,7 @@ class DaemonLoad:
     requests: int = 0
     overlapped_at: float = -math.inf
     lone: int = 0
+    owed: bool = False  # a probe drawn by a request handed on (alone(handing_on=True))
 
     def enter(self) -> None:
         self.requests += 1
@@ -68,17 +69,29 @@ class DaemonLoad:
     def leave(self) -> None:
         self.requests -= 1
 
-    def alone(self) -> bool:
+    def quiet(self) -> bool:
+        """No request inside and none overlapping lately: one arriving now could be alone
+        (a check that changes nothing, before alone() counts it)."""
+        return self.requests == 0 and time.monotonic() - self.overlapped_at >= OVERLAP_HOLD_S
+
+    def alone(self, handing_on: bool = False) -> bool:
         """The request is the only one, and none has overlapped another lately: one client
         at a time. A pass run inline keeps the loop from reading anything else, so requests
         waiting in sockets (or in gRPC's queue) would never show as overlap; hence every
         PROBE-th lone request takes the inference thread, and while its pass runs there the
         loop reads what waits: under concurrency that is overlap, which stops inline passes
-        for OVERLAP_HOLD_S (measured: with neither, gRPC at c=32 ran ~20 % slower)."""
+        for OVERLAP_HOLD_S (measured: with neither, gRPC at c=32 ran ~20 % slower).
+        `handing_on`: a caller that cannot take the thread hands the request to the app's
+        path (server.inplace), so a probe it draws is owed to the next lone request."""
         if self.requests != 1 or time.monotonic() - self.overlapped_at < OVERLAP_HOLD_S:
             return False
+        if self.owed:
+            self.owed = False
+            return False
         self.lone += 1
-        return self.lone % PROBE != 0
+        probe = self.lone % PROBE == 0
+        self.owed = probe and handing_on
+        return not probe
 
 
 class InferenceService:
@@ -152,12 +165,64 @@ class InferenceService:
     ) -> list[Result]:
         """x (N, C, H, W) uint8 raw pixels at the model's input size: the checkpoint's
         normalisation is applied here, as for a decoded image."""
+        return await self.predict_tensor(self._normalised(x), hints, deadline, received)
+
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         p = self.preprocess
         mean = torch.tensor(p.mean).view(1, -1, 1, 1)
         std = torch.tensor(p.std).view(1, -1, 1, 1)
-        return await self.predict_tensor(
-            (x.to(torch.float32) / 255 - mean) / std, hints, deadline, received
+        return (x.to(torch.float32) / 255 - mean) / std
+
+    # Answers in place (server.inplace): the same flow when nothing in it has to wait.
+
+    def predict_image_now(self, data: bytes, deadline: float, received: float) -> Result | None:
+        """predict_images for one image and no hints, if it can be answered right now: its
+        pass inline (the daemon otherwise idle, Engine.inline_ready) and its decode inline
+        (admission.decode_now). Else None, having changed nothing a second try would see.
+        Raises what predict_images raises."""
+        if not self._now_possible(deadline):
+            return None
+        start = time.perf_counter()
+        x = decode_now(self.preprocess, self.budget, data)
+        if x is None:
+            return None
+        decode_s = time.perf_counter() - start
+        result = self._infer_now(x, received)
+        return None if result is None else replace(result, decode_s=decode_s)
+
+    def predict_tensor_now(
+        self, x: torch.Tensor, deadline: float, received: float
+    ) -> Result | None:
+        """predict_tensor for one row and no hints, if its pass can run inline right now."""
+        if x.shape[0] != 1 or not self._now_possible(deadline):
+            return None
+        return self._infer_now(x[0], received)
+
+    def predict_pixels_now(
+        self, x: torch.Tensor, deadline: float, received: float
+    ) -> Result | None:
+        """predict_pixels for one row and no hints, if its pass can run inline right now."""
+        if x.shape[0] != 1 or not self._now_possible(deadline):
+            return None
+        return self._infer_now(self._normalised(x)[0], received)
+
+    def _now_possible(self, deadline: float) -> bool:
+        engine = self.engine
+        return (
+            not self.closed
+            and engine is not None
+            and self.load.quiet()
+            and engine.inline_ready(deadline)
         )
+
+    def _infer_now(self, x: torch.Tensor, received: float) -> Result | None:
+        assert self.engine is not None
+        with self._accepted():
+            if not self.load.alone(handing_on=True):
+                return None
+            result = self.engine.run_inline(x)
+            self.metrics.queue_wait.observe(result.queue_s)
+            return self._done([result], received)[0]
 
     @contextmanager
     def _accepted(self) -> Iterator[None]:

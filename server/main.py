@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, ClassVar
 
@@ -23,6 +23,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from models.checkpoint import CheckpointError
 from server import logs
 from server.app import check_checkpoints, create_app
+from server.inplace import InPlace, Request
 from server.middleware import ANSWERED, ARRIVAL, new_request_id, request_id, request_id_from
 from server.settings import Settings, add_arguments, from_args
 
@@ -75,10 +76,16 @@ class LimitedProtocol(HttpToolsProtocol):
     (SECURITY.md), so the limits live here."""
 
     limits: ClassVar[Limits]
+    in_place: ClassVar[InPlace | None] = None  # answers hot requests with no ASGI task
+    holding: ClassVar[Holding]  # the server's held requests (they count in the request cap)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._phase = "idle"  # idle → headers → body → app → idle (keep-alive)
+        # A request the in-place path may answer, its body held while it arrives (no ASGI
+        # cycle exists for it until the path declines and hands it to the app).
+        self._held: Held | None = None
+        self._close_after = False  # shut down while a held body arrived: close once answered
         self._since = time.monotonic()  # when the current phase began
         self._arrival = self._since  # when the current request's first byte arrived
         self._timer: asyncio.TimerHandle | None = None
@@ -98,10 +105,12 @@ class LimitedProtocol(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        # In "headers" self.cycle is the previous request's, answered already.
-        started = self._phase == "body" and self.cycle.response_started
+        # In "headers" self.cycle is the previous request's, answered already; a held request
+        # has no cycle yet.
+        started = self._phase == "body" and self._held is None and self.cycle.response_started
         if status and not started:
             self._answer(status, "Request Timeout")
+        self._unhold(status)
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app's receive() now says http.disconnect
             self.cycle.message_event.set()
@@ -157,6 +166,7 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._arm(None)
+        self._unhold(499)  # its client went away before the body was in
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -226,7 +236,28 @@ class LimitedProtocol(HttpToolsProtocol):
         # deadline only once it had the body).
         left = self._arrival + self.limits.request_timeout_s - self._since
         self._arm(max(0.0, min(self.limits.body_timeout_s, left)), 408)
-        busy = len(self.tasks) >= self.limits.max_concurrent_requests
+        busy = len(self.tasks) + self.holding.count >= self.limits.max_concurrent_requests
+        held = None if busy else self._hold()
+        if held is not None:
+            self._held = held
+            self.holding.count += 1
+            return
+        self._start_cycle(busy)
+
+    def _unhold(self, status: int = 0) -> Held | None:
+        """The held request, which no longer counts as held (None: none was). `status`: it
+        ends unanswered by the app: the connection answered it so (408) or lost it (499)."""
+        held, self._held = self._held, None
+        if held is None:
+            return None
+        self.holding.count -= 1
+        if status and self.in_place is not None:
+            self.in_place.unanswered(held.path, held.route, status, held.request)
+        return held
+
+    def _start_cycle(self, busy: bool) -> None:
+        """uvicorn's ASGI cycle and task for the request whose headers are complete; `busy`:
+        the request cap was reached when they were, so it is answered 503."""
         # The URL is parsed only when busy: uvicorn parses it again just below.
         if busy and httptools.parse_url(self.url).path.decode("latin-1") not in HEALTH_PATHS:
             app, self.app = self.app, _too_busy
@@ -239,11 +270,82 @@ class LimitedProtocol(HttpToolsProtocol):
         # The cycle's app task has not run yet: its writes all go through the wrapper.
         cycle = self.cycle
         cycle.transport = OneWrite(cycle.transport, cycle)  # type: ignore[assignment]
+        if self._close_after:
+            cycle.keep_alive = False
+
+    def _hold(self) -> Held | None:
+        """A POST the in-place path may answer, on a keep-alive HTTP/1.1 connection with no
+        request ahead of it (pipelined answers keep their order), to be held; else None."""
+        parser = self.parser
+        if (
+            self.in_place is None
+            or self.expect_100_continue
+            or parser.get_method() != b"POST"
+            or parser.get_http_version() != "1.1"
+            or not parser.should_keep_alive()
+            or parser.should_upgrade()
+            or (self.cycle is not None and not self.cycle.response_complete)
+        ):
+            return None
+        url = httptools.parse_url(self.url)
+        path = url.path.decode("latin-1")
+        route = self.in_place.route(path, url.query or b"", self.headers)
+        if route is None:
+            return None
+        rid = request_id_from(self.headers)
+        self.scope["state"]["request_id"] = rid  # the ID a 408 written here carries
+        return Held(path, route, Request(self.headers, self._arrival, rid))
+
+    def on_body(self, body: bytes) -> None:
+        if self._held is not None:
+            self._held.body += body  # at most in_place's body cap: route() read its length
+            return
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
+        held = self._unhold()
+        if held is not None:
+            body = bytes(held.body)
+            if self._answer_in_place(held, body):
+                return
+            # Declined: the app answers, as if nothing had been held (admitted under the
+            # request cap when its headers came in, as then).
+            self._start_cycle(busy=False)
+            if body:
+                super().on_body(body)
         super().on_message_complete()
         self._phase, self._since = "app", time.monotonic()
         self._arm(None)
+
+    def _answer_in_place(self, held: Held, body: bytes) -> bool:
+        assert self.in_place is not None
+        answer = self.in_place.answer(held.path, held.route, body, held.request)
+        if answer is None:
+            return False
+        self._arm(None)
+        # As uvicorn's cycle writes a 200: status line, its default headers, then the
+        # route's, content-length and the X-Request-ID RequestLog would add.
+        out = [STATUS_LINE[200]]
+        for name, value in (*self.server_state.default_headers, *answer.headers):
+            out += [name, b": ", value, b"\r\n"]
+        length = str(len(answer.content)).encode()
+        out += [b"content-length: ", length, b"\r\n", b"x-request-id: ",
+                answer.request_id.encode(), b"\r\n\r\n", answer.content]  # fmt: skip
+        self.transport.write(b"".join(out))
+        self._phase = "app"
+        # A pipelined request read with this one: its predecessor's keep-alive timer goes,
+        # as data_received would cancel it.
+        self._unset_keepalive_if_required()
+        self.on_response_complete()
+        if self._close_after:
+            self.transport.close()
+        return True
+
+    def shutdown(self) -> None:
+        if self._held is not None:  # a request is arriving: answer it, then close
+            self._close_after = True
+            return
+        super().shutdown()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -348,8 +450,32 @@ def limits_from(settings: Settings, nofile: int) -> Limits:
     )
 
 
-def protocol_class(limits: Limits) -> type[LimitedProtocol]:
-    return type("LimitedProtocol", (LimitedProtocol,), {"limits": limits})
+@dataclass
+class Held:
+    """A request held for the in-place path while its body arrives."""
+
+    path: str
+    route: str  # its route's template (in_place.route)
+    request: Request
+    body: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class Holding:
+    """Requests held for the in-place path, server-wide: no ASGI task stands for them, so
+    the request cap counts them here."""
+
+    count: int = 0
+
+
+def protocol_class(limits: Limits, in_place: InPlace | None = None) -> type[LimitedProtocol]:
+    attrs = {"limits": limits, "in_place": in_place, "holding": Holding()}
+    return type("LimitedProtocol", (LimitedProtocol,), attrs)
+
+
+def in_place(app: FastAPI, settings: Settings) -> InPlace | None:
+    """The in-place path for hot requests, unless turned off (LCS_IN_PLACE=0)."""
+    return InPlace(app.state, settings, app.state.ledger) if settings.in_place else None
 
 
 class DrainingServer(uvicorn.Server):
@@ -419,7 +545,7 @@ def run(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        http=protocol_class(limits),
+        http=protocol_class(limits, in_place(app, settings)),
         timeout_keep_alive=settings.keep_alive_s,
         backlog=min(2048, limits.max_connections),
         log_config=None,

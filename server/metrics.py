@@ -125,6 +125,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.in_place = Counter(
+            "lcs_requests_in_place",
+            "HTTP requests answered on their connection with no ASGI task (server.inplace): "
+            "a lone client's, whose pass ran inline",
+            registry=r,
+        )
         self.torch_threads = Gauge("lcs_torch_threads", "torch intra-op threads", registry=r)
         self.model = Gauge(
             "lcs_model_info",

@@ -1,5 +1,5 @@
 """ASGI middleware: the body-size cap enforced while reading; request IDs and arrival times;
-one log line each."""
+the ledger every request's metrics and log line go through."""
 
 from __future__ import annotations
 
@@ -132,16 +132,53 @@ def request_deadline(scope: Scope, timeout_s: float) -> float:
     return arrival(scope) + timeout_s
 
 
+class Ledger:
+    """What every HTTP request leaves behind, whichever path answered it (the app through
+    RequestLog, or the connection in place: server.inplace): its lcs_requests and
+    lcs_request_duration samples, a refusal's reason, one access-log line."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        # (endpoint, model, status) → its lcs_requests and lcs_request_duration children:
+        # bounded as the labels are (route templates, loaded models, statuses).
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def record(
+        self,
+        request: tuple[str, str],
+        endpoint: str,
+        model: str,
+        status: int,
+        seconds: float,
+        rid: str,
+        level: Any = None,
+        rejected: str | None = None,
+    ) -> None:
+        """One request: (method, path), the route template it matched, the model that served
+        it ("" before one was resolved), its status and time, and what refused it if it was."""
+        key = (endpoint, model, status)
+        series = self._series.get(key)
+        if series is None:  # labels() costs a lock and a validation: once per series
+            series = self._series[key] = (
+                self.metrics.requests.labels("http", endpoint, model, str(status)),
+                self.metrics.request_duration.labels("http", endpoint, model),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
+        if rejected:
+            self.metrics.rejected.labels(rejected).inc()
+        if log.isEnabledFor(logging.INFO):  # else not even the line's fields are built
+            _log(request, status, seconds, rid, model, level)
+
+
 class RequestLog:
     """Counts, times and logs every request: method, path, status, latency, level, request ID.
     Outermost, so the X-Request-ID it echoes is on every answer, the inner middleware's 413s
     and the 500 it writes itself for an unhandled error (no traceback reaches the client)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-        # (endpoint, model, status) → its lcs_requests and lcs_request_duration children:
-        # bounded as the labels are (route templates, loaded models, statuses).
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+    def __init__(self, app: ASGIApp, metrics: Metrics, ledger: Ledger | None = None) -> None:
+        self.app = app
+        self.ledger = Ledger(metrics) if ledger is None else ledger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -169,40 +206,32 @@ class RequestLog:
             if not started:
                 await _internal_error(capture)
         finally:
-            seconds = time.perf_counter() - start
             route = scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")  # bounded label cardinality
             state = scope.get("state", {})
-            status = state.get(ANSWERED, status)
-            model = state.get("model", "")  # set only once a route resolved a loaded model
-            key = (endpoint, model, status)
-            series = self._series.get(key)
-            if series is None:  # labels() costs a lock and a validation: once per series
-                series = self._series[key] = (
-                    self.metrics.requests.labels("http", endpoint, model, str(status)),
-                    self.metrics.request_duration.labels("http", endpoint, model),
-                )
-            series[0].inc()
-            series[1].observe(seconds)
-            if state.get(REJECTED):
-                self.metrics.rejected.labels(state[REJECTED]).inc()
-            if log.isEnabledFor(logging.INFO):  # else not even the line's fields are built
-                _log(scope, state, status, seconds, rid, model)
+            self.ledger.record(
+                (scope["method"], scope["path"]),
+                getattr(route, "path", "unmatched"),  # bounded label cardinality
+                state.get("model", ""),  # set only once a route resolved a loaded model
+                state.get(ANSWERED, status),
+                time.perf_counter() - start,
+                rid,
+                state.get("level"),
+                state.get(REJECTED),
+            )
 
 
 def _log(
-    scope: Scope, state: dict[str, Any], status: int, seconds: float, rid: str, model: str
+    request: tuple[str, str], status: int, seconds: float, rid: str, model: str, level: Any
 ) -> None:
     extra: dict[str, Any] = {
-        "method": scope["method"],
-        "path": scope["path"],
+        "method": request[0],
+        "path": request[1],
         "status": status,
         "latency_ms": round(seconds * 1e3, 3),
         "request_id": rid,
     }
     if model:
         extra["model"] = model
-    level = state.get("level")
     if level is not None:
         extra["alpha"], extra["gamma"] = level.alpha, level.gamma
     log.info("request", extra=extra)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+import pyspng
 import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
@@ -78,6 +80,12 @@ class Inspected:
     frames: int  # frames kept: always 1 (the first frame of an animation)
     cost_bytes: int  # peak bytes the decode and conversions hold at once
     image: Image.Image | None = field(repr=False)  # None once handed to the decoder
+    data: bytes = field(default=b"", repr=False)  # the encoded bytes (PNG's fast path)
+
+
+# Anything naming EXIF (an eXIf chunk, a "Raw profile type exif" text) may carry an orientation
+# Pillow would apply: such PNGs take Pillow's path.
+_EXIF = re.compile(rb"(?i)exif")
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,8 @@ class Preprocessor:
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise ImageError(f"cannot decode the image: {e}") from None
         transparent = "transparency" in im.info
-        return Inspected(fmt, w, h, im.mode, 1, self.cost(fmt, im.mode, w, h, transparent), im)
+        cost = self.cost(fmt, im.mode, w, h, transparent)
+        return Inspected(fmt, w, h, im.mode, 1, cost, im, data)
 
     def cost(self, fmt: str, mode: str, w: int, h: int, transparent: bool = False) -> int:
         """Peak bytes decoding one w×h image holds at once: the decoded image plus the full-size
@@ -152,14 +161,43 @@ class Preprocessor:
 
     def decode_inspected(self, ins: Inspected) -> torch.Tensor:
         """The pixel work (run it in the decode pool): first frame → 8 bit → resize → tensor."""
-        small = self.resized(ins)
+        pixels = self._png_pixels(ins)
+        if pixels is None:
+            pixels = np.asarray(self.resized(ins))
         # In numpy, float32 throughout: the same IEEE operations as torch's (x / 255 - mean) /
         # std, bit for bit, without a dispatch per operation (a third of this call's CPU).
-        px = np.asarray(small, dtype=np.float32).reshape(self.height, self.width, self.channels)
+        px = pixels.astype(np.float32).reshape(self.height, self.width, self.channels)
         x = (px / np.float32(255) - np.asarray(self.mean, np.float32)) / np.asarray(
             self.std, np.float32
         )
         return torch.from_numpy(x.transpose(2, 0, 1))
+
+    def _png_pixels(self, ins: Inspected) -> np.ndarray | None:
+        """The pixels of a PNG that needs nothing but decoding (8-bit grey or RGB as the model
+        wants, at its size, not interlaced, no transparency, nothing naming EXIF), decoded by
+        libspng: the same bytes Pillow would give (tests/server/test_preprocess_png.py).
+        None for any other image, or one libspng refuses: Pillow decodes it, or says why not."""
+        im, want = ins.image, "L" if self.channels == 1 else "RGB"
+        tile: list[Any] = getattr(im, "tile", [])  # (codec, extents, offset, raw mode)
+        if (
+            im is None
+            or ins.format != "PNG"
+            or (ins.width, ins.height) != (self.width, self.height)
+            or ins.mode != want
+            or len(tile) != 1
+            or tile[0].args != want  # the stored depth: 8 bits a sample
+            or im.info.get("interlace")
+            or "transparency" in im.info
+            or _EXIF.search(ins.data)
+        ):
+            return None
+        try:
+            pixels = pyspng.load(ins.data, want)
+        except RuntimeError:
+            return None
+        ins.image = None
+        im.close()
+        return pixels
 
     def resized(self, ins: Inspected) -> Image.Image:
         im = ins.image

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # when nothing else is in the daemon: the hop to the inference thread and back (two
     # wake-ups, a GIL hand-over each way) cost more than such a pass. 0: never.
     inline_forward_max_ms: float = Field(1.0, ge=0, le=10)
+    # Such a request, a small image or tensor on /predict or /v2/.../infer, is answered by the
+    # connection that read it, with no ASGI task (server/inplace.py); 0: always the app.
+    in_place: bool = True
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(10.0, gt=0)
     drain_timeout_s: float = Field(20.0, ge=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 
+import orjson
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.requests import Request
@@ -68,7 +69,7 @@ class HotPath:
                 r = await predict.predict_image(
                     request, d, None, predict.TOP_K, Hints(), predict.read_body
                 )
-                content, headers = r.model_dump_json().encode(), JSON
+                content, headers = orjson.dumps(r), JSON
             else:  # v2.model_infer and v2.model_version_infer
                 received, body = time.perf_counter(), await request.body()
                 name, version = params["name"], params.get("version")

@@ -115,7 +115,7 @@ async def predict(
     top_k: TopK = TOP_K,
     min_accuracy: MinAccuracy = None,
     max_latency_ms: MaxLatency = None,
-) -> PredictResponse:
+) -> dict[str, Any]:
     """One image, the default model."""
     return await _predict(request, d, None, top_k, Hints(min_accuracy, max_latency_ms))
 
@@ -133,7 +133,7 @@ async def predict_model(
     top_k: TopK = TOP_K,
     min_accuracy: MinAccuracy = None,
     max_latency_ms: MaxLatency = None,
-) -> PredictResponse:
+) -> dict[str, Any]:
     """One image, the model `name`."""
     return await _predict(request, d, name, top_k, Hints(min_accuracy, max_latency_ms))
 
@@ -172,7 +172,7 @@ async def predict_batch_model(
 
 async def _predict(
     request: Request, d: ReadyDep, name: str | None, top_k: int, hints: Hints
-) -> PredictResponse:
+) -> dict[str, Any]:
     return await predict_image(request, d, name, top_k, hints, read_one_image)
 
 
@@ -183,9 +183,9 @@ async def predict_image(
     top_k: int,
     hints: Hints,
     read: Callable[[Request], Awaitable[bytes]],
-) -> PredictResponse:
-    """One encoded image, read by `read`, through the model `name` (None: the default); also
-    called by server.routes.fast for a raw-image /predict."""
+) -> dict[str, Any]:
+    """One encoded image, read by `read`, through the model `name` (None: the default), as
+    PredictResponse's fields; also called by server.routes.fast for a raw-image /predict."""
     scope = request.scope
     received, deadline = time.perf_counter(), d.deadline(scope)
     d.registry.get(name)  # 404 before reading a body for a model that does not exist
@@ -216,7 +216,8 @@ async def _batch(
             (r,) = await model.service.predict_images([data], hints, deadline, received)
         except (ServingError, ImageError) as e:
             return BatchItem(index=i, filename=filename, error=str(e), status=e.status)
-        return BatchItem(index=i, filename=filename, result=respond(model, r, top_k, received))
+        result = PredictResponse.model_validate(respond(model, r, top_k, received))
+        return BatchItem(index=i, filename=filename, result=result)
 
     return BatchResponse(
         results=list(await asyncio.gather(*(one(i, x) for i, x in enumerate(datas))))
@@ -276,22 +277,31 @@ async def _form(request: Request, max_files: int) -> Any:
         raise HTTPException(400, f"malformed multipart body: {e.message}") from None
 
 
-def respond(model: ServedModel, r: Result, top_k: int, received: float) -> PredictResponse:
+def respond(model: ServedModel, r: Result, top_k: int, received: float) -> dict[str, Any]:
+    """PredictResponse's fields, as plain data: the hot paths encode them with orjson
+    (a model built and validated per request cost more than the encoding)."""
     probs, idx = torch.topk(r.probabilities, min(top_k, r.probabilities.numel()))
-    names = model.meta.class_names
+    names, level = model.meta.class_names, r.level
     seconds = time.perf_counter() - received
-    return PredictResponse(
-        predictions=[
-            Prediction(label=names[i], index=i, probability=p)
+    return {
+        "predictions": [
+            {"label": names[i], "index": i, "probability": p}
             for p, i in zip(probs.tolist(), idx.tolist(), strict=True)
         ],
-        level=LevelInfo(**r.level.describe(), tier=r.tier, precision=r.precision),
-        model=ModelInfo(**model.identity()),
-        latency_ms=1e3 * seconds,
-        timing_ms={
+        "level": {
+            "gamma": float(level.gamma),
+            "alpha": float(level.alpha),
+            "family": level.family,
+            "kind": level.kind,
+            "tier": r.tier,
+            "precision": r.precision,
+        },
+        "model": model.identity(),
+        "latency_ms": 1e3 * seconds,
+        "timing_ms": {
             "decode": 1e3 * r.decode_s,
             "queue": 1e3 * r.queue_s,
             "forward": 1e3 * r.forward_s,
             "batch_size": float(r.batch_size),
         },
-    )
+    }

@@ -212,7 +212,7 @@ async def infer(
     deadline = d.deadline(scope)
     state = scope.setdefault("state", {})
     state["model"] = model.name
-    limits = oip.Limits(tuple(model.meta.input_size), d.settings.max_batch_images)
+    limits = limits_for(d, model)
     length = header(scope, HEADER_LENGTH)
     try:
         if len(body) >= oip.OFFLOAD_BYTES:
@@ -226,6 +226,17 @@ async def infer(
         raise HTTPException(e.status, e.message) from None
     results = await run_call(model, call, deadline, received)
     state["level"] = results[-1].level
+    return encode(model, call, results, _request_id(scope))
+
+
+def limits_for(d: Daemon, model: ServedModel) -> oip.Limits:
+    return oip.Limits(tuple(model.meta.input_size), d.settings.max_batch_images)
+
+
+def encode(
+    model: ServedModel, call: oip.InferCall, results: list[Any], request_id: str
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers of an answered call (`request_id` when it named none)."""
     probs = torch.stack([r.probabilities for r in results]).to(torch.float32).numpy()
     params = {
         **oip.response_parameters(
@@ -236,7 +247,7 @@ async def infer(
     return oip.encode_http(
         model.name,
         str(model.version),
-        call.request_id or _request_id(scope),
+        call.request_id or request_id,
         params,
         oip.outputs_for(call, probs, model.meta.class_names),
     )
@@ -256,4 +267,9 @@ def header(scope: Scope, name: bytes) -> str | None:
 def _request_id(scope: Scope) -> str:
     """The X-Request-ID the middleware accepted or made, else the header if it is safe."""
     rid = scope.get("state", {}).get("request_id") or header(scope, b"x-request-id") or ""
+    return response_id(rid)
+
+
+def response_id(rid: str) -> str:
+    """A request ID as a response's "id": only if it is short and safe."""
     return rid if len(rid) <= oip.MAX_ID_CHARS and oip.safe_id(rid) else ""

@@ -283,3 +283,23 @@ def test_daemon_load_allows_inline_passes_only_to_one_client_at_a_time(monkeypat
     assert not any(load.alone() for _ in range(PROBE))  # held off for a while after overlap
     clock["t"] += 0.02
     assert load.alone()
+
+
+def test_a_probe_drawn_by_a_request_handed_on_is_owed_to_the_next_lone_request(monkeypatch):
+    """The in-place path hands a request that drew the probe to the app, where the same
+    request asks again: the probe must not be lost (nor taken twice)."""
+    from server import inference
+    from server.inference import PROBE, DaemonLoad
+
+    monkeypatch.setattr(inference.time, "monotonic", lambda: 100.0)
+    load = DaemonLoad()
+    assert load.quiet()
+    load.enter()
+    assert not load.quiet()
+    drawn = [load.alone(handing_on=True) for _ in range(PROBE)]
+    assert drawn.count(False) == 1 and not drawn[-1] and load.owed
+    assert not load.alone()  # the request handed on: it takes the inference thread
+    assert not load.owed
+    assert all(load.alone() for _ in range(PROBE - 1))  # and the count goes on as before
+    assert not load.alone()  # the next probe, taken by the app's path itself: nothing owed
+    assert not load.owed
