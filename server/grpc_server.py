@@ -389,6 +389,9 @@ class Observe(grpc.aio.ServerInterceptor):
         self.daemon = daemon
         self.cap = int(daemon.settings.max_body_bytes)
         self._handlers: dict[str, Any] = {}  # by method: grpc asks on every call
+        # (method, model, status) → its lcs_requests and lcs_request_duration children
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._series_of: Any = None
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
@@ -465,8 +468,19 @@ class Observe(grpc.aio.ServerInterceptor):
         model = name if name and name in self.daemon.registry.names() else ""
         metrics = getattr(self.daemon, "metrics", None)
         if metrics is not None:
-            metrics.requests.labels("grpc", method, model, status).inc()
-            metrics.request_duration.labels("grpc", method, model).observe(seconds)
+            if metrics is not self._series_of:  # children belong to one Metrics
+                self._series, self._series_of = {}, metrics
+            key = (method, model, status)
+            series = self._series.get(key)
+            if series is None:  # labels() costs a lock and a validation: once per series
+                series = self._series[key] = (
+                    metrics.requests.labels("grpc", method, model, status),
+                    metrics.request_duration.labels("grpc", method, model),
+                )
+            series[0].inc()
+            series[1].observe(seconds)
+        if not access.isEnabledFor(logging.INFO):
+            return  # not even the line's fields are built
         extra: dict[str, Any] = {
             "method": "grpc",
             "path": method,
