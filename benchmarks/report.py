@@ -180,60 +180,80 @@ def server_section(d: dict[str, Any]) -> str:
         f"{d['threads']} torch threads, raw PNG bodies. One server per tier (`torch`: tier 2 "
         "off), runs alternating between them; medians over the runs.\n\n"
         + table(["tier", "γ", "concurrency", "runs", "req/s", "p50 ms", "p99 ms", "errors"], rows)
-        + "\n\nWhere a request's time goes at concurrency 1 (medians, ms). Total: hey's p50 "
-        "at c = 1 above (hey is in C; the httpx client that reads the daemon's own timings "
-        "adds ~0.7 ms of its own, which the first round's table counted as HTTP). In the app: "
-        "the daemon's `latency_ms`, from the route receiving the request to its response; "
-        "*outside* is the rest of the round trip: uvicorn's parsing and write, the kernel's "
-        "TCP on loopback, hey. Non-forward: total − forward (issue 18's goal: ≤ 0.5 ms).\n\n"
+        + "\n\nWhere a request's time goes at concurrency 1 (ms). Total: hey's p50 and mean "
+        "at c = 1 above (hey is in C and rounds each latency to 0.1 ms, so the mean shows what "
+        "the p50 rounds off; the httpx client that reads the daemon's own timings adds ~0.7 ms "
+        "of its own). The stages are the daemon's own timings (medians): in the app is its "
+        "`latency_ms`, from the route receiving the request to its response; *outside* is the "
+        "rest of the round trip: parsing and the write, the kernel's TCP on loopback, hey. "
+        "Non-forward: total − forward, from the p50 and from the means (issue 18's goal: "
+        "≤ 0.5 ms).\n\n"
         + table(
             [
                 "tier",
                 "γ",
-                "total",
+                "total p50",
+                "total mean",
                 "decode",
                 "queue",
                 "forward",
                 "rest in the app",
                 "outside the app",
-                "non-forward",
+                "non-forward (p50)",
+                "non-forward (mean)",
             ],
             split,
         )
         + "\n"
     )
-    if "allowed_speedup" in d:
-        cmp = []
-        for (tier, g, c), rs in runs.items():
-            if tier != "onnx" or ("torch", g, c) not in runs:
-                continue
-            on, off = rs, runs[("torch", g, c)]
-            rps = statistics.median(r["rps"] for r in on) / statistics.median(r["rps"] for r in off)
-            p99 = statistics.median(r["p99_ms"] for r in off) / statistics.median(
-                r["p99_ms"] for r in on
-            )
-            cmp.append([g, c, rps, p99, d["allowed_speedup"][f"{g:g}"]])
+    cmp = []
+    for (tier, g, c), rs in runs.items():
+        if tier != "onnx" or ("torch", g, c) not in runs:
+            continue
+        on, off = rs, runs[("torch", g, c)]
+        rps = statistics.median(r["rps"] for r in on) / statistics.median(r["rps"] for r in off)
+        p99 = statistics.median(r["p99_ms"] for r in off) / statistics.median(
+            r["p99_ms"] for r in on
+        )
+        cmp.append([g, c, rps, p99, _allowed(d["split_ms"], runs, g)])
+    if cmp:
         out += (
             "\nTier 2 against tier 1 alone: throughput ratio, p99 ratio (tier 1 / tier 2), and "
-            "what the forward pass allows (tier 1's request at concurrency 1 with its forward "
-            "time replaced by tier 2's):\n\n"
+            "what the forward pass allows (tier 1's mean request at concurrency 1, hey's, with "
+            "its forward time replaced by tier 2's):\n\n"
             + table(["γ", "concurrency", "req/s ratio", "p99 ratio", "allowed"], cmp)
             + "\n"
         )
     return out
 
 
+def _c1(runs: dict[tuple[str, float, int], Any], tier: str, gamma: float, key: str) -> Any:
+    """The median over runs of hey's `key` at concurrency 1, or "" with no such figure."""
+    at_1 = [r[key] for r in runs.get((tier, gamma, 1), []) if key in r]
+    return statistics.median(at_1) if at_1 else ""
+
+
 def _split_row(key: str, s: dict[str, float], runs: dict[tuple[str, float, int], Any]) -> list:
     tier, gamma = key.split()
     rest = s["in_app"] - s["decode"] - s["queue"] - s["forward"]
-    at_1 = runs.get((tier, float(gamma), 1))
-    if not at_1:  # no hey row at c = 1 to take the total from
-        return [tier, gamma, "", s["decode"], s["queue"], s["forward"], rest, "", ""]
-    total = statistics.median(r["p50_ms"] for r in at_1)
+    p50, mean = _c1(runs, tier, float(gamma), "p50_ms"), _c1(runs, tier, float(gamma), "mean_ms")
+    forward_mean = s.get("forward_mean")
     return [
-        tier, gamma, total, s["decode"], s["queue"], s["forward"], rest,
-        total - s["in_app"], total - s["forward"],
+        tier, gamma, p50, mean, s["decode"], s["queue"], s["forward"], rest,
+        "" if p50 == "" else p50 - s["in_app"],
+        "" if p50 == "" else p50 - s["forward"],
+        "" if mean == "" or forward_mean is None else mean - forward_mean,
     ]  # fmt: skip
+
+
+def _allowed(splits: dict[str, dict[str, float]], runs: Any, gamma: float) -> Any:
+    """The end-to-end speed-up the forward pass alone allows: tier 1's mean request at c = 1
+    with its forward time replaced by tier 2's (everything else unchanged)."""
+    t1, t2 = splits.get(f"torch {gamma:g}"), splits.get(f"onnx {gamma:g}")
+    total = _c1(runs, "torch", gamma, "mean_ms")
+    if t1 is None or t2 is None or total == "" or "forward_mean" not in t1:
+        return ""
+    return total / (total - t1["forward_mean"] + t2["forward_mean"])
 
 
 def adaptation_section(d: dict[str, Any]) -> str:

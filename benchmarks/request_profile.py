@@ -49,11 +49,15 @@ COMPONENTS = _compiled(
         ("access log", r"logging/|server/logs\.py"),
         ("controller", r"controller/"),
         ("lcs routes (hot path, handlers)", r"server/routes/"),
+        ("in-place answer (server/inplace.py)", r"server/inplace\.py"),
         ("lcs middleware", r"server/middleware\.py"),
         # the response's send(2): on loopback the kernel runs the client's TCP receive in it
-        ("socket write (send syscall, kernel TCP)", r"^OneWrite\.(write|flush) "),
+        (
+            "socket write (send syscall, kernel TCP)",
+            r"^(OneWrite\.(write|flush)|LimitedProtocol\._write) ",
+        ),
         ("FastAPI/Starlette routing + deps", r"fastapi/|starlette/|anyio/"),
-        ("uvicorn HTTP parsing", r"uvicorn/|server/main\.py|httptools"),
+        ("HTTP parsing (uvicorn, the connection layer)", r"uvicorn/|server/main\.py|httptools"),
         ("asyncio (tasks, futures)", r"asyncio/"),
     ]
 )

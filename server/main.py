@@ -23,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from models.checkpoint import CheckpointError
 from server import logs
 from server.app import check_checkpoints, create_app
-from server.inplace import InPlace, Request
+from server.inplace import Answer, InPlace, Request
 from server.middleware import ANSWERED, ARRIVAL, new_request_id, request_id, request_id_from
 from server.settings import Settings, add_arguments, from_args
 
@@ -323,15 +323,7 @@ class LimitedProtocol(HttpToolsProtocol):
         if answer is None:
             return False
         self._arm(None)
-        # As uvicorn's cycle writes a 200: status line, its default headers, then the
-        # route's, content-length and the X-Request-ID RequestLog would add.
-        out = [STATUS_LINE[200]]
-        for name, value in (*self.server_state.default_headers, *answer.headers):
-            out += [name, b": ", value, b"\r\n"]
-        length = str(len(answer.content)).encode()
-        out += [b"content-length: ", length, b"\r\n", b"x-request-id: ",
-                answer.request_id.encode(), b"\r\n\r\n", answer.content]  # fmt: skip
-        self.transport.write(b"".join(out))
+        self._write(answer)
         self._phase = "app"
         # A pipelined request read with this one: its predecessor's keep-alive timer goes,
         # as data_received would cancel it.
@@ -340,6 +332,17 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._close_after:
             self.transport.close()
         return True
+
+    def _write(self, answer: Answer) -> None:
+        """As uvicorn's cycle writes a 200: status line, its default headers, then the route's,
+        content-length and the X-Request-ID RequestLog would add, in one send()."""
+        out = [STATUS_LINE[200]]
+        for name, value in (*self.server_state.default_headers, *answer.headers):
+            out += [name, b": ", value, b"\r\n"]
+        length = str(len(answer.content)).encode()
+        out += [b"content-length: ", length, b"\r\n", b"x-request-id: ",
+                answer.request_id.encode(), b"\r\n\r\n", answer.content]  # fmt: skip
+        self.transport.write(b"".join(out))
 
     def shutdown(self) -> None:
         if self._held is not None:  # a request is arriving: answer it, then close

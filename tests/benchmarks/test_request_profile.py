@@ -22,6 +22,14 @@ def test_the_innermost_component_owns_a_sample():
     assert classify(["Thread.run (threading.py:982)", WORKER, RUN]).startswith("forward")
     assert classify(["encode_http (server/oip.py:400)"]) == "OIP encode"
     assert classify(["frob (somewhere/else.py:1)"]) == "other"
+    # an answer in place: parsed by the connection layer, then the in-place path and its write
+    HELD = "LimitedProtocol.on_message_complete (server/main.py:300)"
+    ANSWER = "InPlace.answer (server/inplace.py:90)"
+    assert classify([LOOP, HELD]).startswith("HTTP parsing")
+    assert classify([LOOP, HELD, ANSWER]).startswith("in-place answer")
+    assert classify([LOOP, HELD, ANSWER, PARSE]) == "OIP parse"
+    write = "LimitedProtocol._write (server/main.py:340)"
+    assert classify([LOOP, HELD, write]).startswith("socket write")
 
 
 def test_waiting_leaves_are_not_work():
