@@ -12,7 +12,7 @@ import orjson
 from server import oip, tracing
 from server.daemon import Daemon
 from server.inference import Result
-from server.middleware import Ledger
+from server.middleware import Ledger, request_id_from
 from server.routes import predict, v2
 from server.routes.fast import INFER, MAX_NAME, VERSION_INFER
 from server.served import ServedModel
@@ -54,10 +54,12 @@ class InPlace:
         self.max_body = min(MAX_BODY, settings.max_body_bytes)
         self.answered = state.metrics.in_place
 
-    def route(self, path: str, query: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
-        """The route template of a POST to `path` this path may answer, from its headers
-        alone (a hot route, a body of known small length, nothing the middleware would add to
-        the answer); else None."""
+    def take(
+        self, path: str, query: bytes, headers: list[tuple[bytes, bytes]], arrival: float
+    ) -> Hot | None:
+        """A POST to `path` this path may answer, judged from its headers alone (a hot route,
+        a body of known small length, nothing the middleware would add to the answer): what
+        answer() needs of it besides its body; else None."""
         if tracing.enabled() or not (path == PREDICT or path.startswith("/v2/models/")):
             return None
         length = ctype = None
@@ -70,49 +72,59 @@ class InPlace:
                 return None
         if length is None or not length.isdigit() or int(length) > self.max_body:
             return None
+        params: tuple[str, ...]
         if path == PREDICT:
             media = predict.media_type(None if ctype is None else ctype.decode("latin-1"))
-            return PREDICT if not query and predict.is_raw_image(media) else None
-        m = INFER.fullmatch(path)
-        if m is not None:
-            return INFER_ROUTE if len(m[1]) <= MAX_NAME else None
-        m = VERSION_INFER.fullmatch(path)
-        return VERSION_ROUTE if m is not None and len(m[1]) <= MAX_NAME else None
+            if query or not predict.is_raw_image(media):
+                return None
+            route, params = PREDICT, ()
+        elif (m := INFER.fullmatch(path)) is not None:
+            route, params = INFER_ROUTE, (m[1],)
+        elif (m := VERSION_INFER.fullmatch(path)) is not None:
+            route, params = VERSION_ROUTE, (m[1], m[2])
+        else:
+            return None
+        if params and len(params[0]) > MAX_NAME:
+            return None  # FastAPI's 422
+        return Hot(path, route, params, headers, arrival, request_id_from(headers))
 
-    def answer(self, path: str, route: str, body: bytes, request: Request) -> Answer | None:
-        """The answer to a request route() took, if it can be given now; else None, with
+    def answer(self, hot: Hot, body: bytes) -> Answer | None:
+        """The answer to a request take() took, if it can be given now; else None, with
         nothing done that the app's answer to the same request would show twice."""
         start = time.perf_counter()
         d: Daemon | None = self.state.daemon
         if d is None or d.draining or not d.ready:
             return None  # the app's 503, counted as a refusal there
-        deadline = request.arrival + d.settings.request_timeout_s
+        deadline = hot.arrival + d.settings.request_timeout_s
         try:
-            if route == PREDICT:
+            if hot.route == PREDICT:
                 done = _predict(d, body, deadline, start)
             else:
-                done = _infer(d, path, route, request, body, deadline, start)
+                done = _infer(d, hot, body, deadline, start)
         except Exception:  # the app meets the same error and answers it
             return None
         if done is None:
             return None
         model, result, content, extra = done
-        self.ledger.record(("POST", path), route, model.name, 200,
-                           time.perf_counter() - start, request.rid, result.level)  # fmt: skip
+        self.ledger.record(("POST", hot.path), hot.route, model.name, 200,
+                           time.perf_counter() - start, hot.rid, result.level)  # fmt: skip
         self.answered.inc()
-        return Answer(content, extra, request.rid)
+        return Answer(content, extra, hot.rid)
 
-    def unanswered(self, path: str, route: str, status: int, request: Request) -> None:
+    def unanswered(self, hot: Hot, status: int) -> None:
         """A request held for this path whose body never came in whole: the connection
         answered it (408) or lost it (499); recorded as RequestLog records the app's."""
-        seconds = time.monotonic() - request.arrival
-        self.ledger.record(("POST", path), route, "", status, seconds, request.rid)
+        seconds = time.monotonic() - hot.arrival
+        self.ledger.record(("POST", hot.path), hot.route, "", status, seconds, hot.rid)
 
 
 @dataclass(frozen=True)
-class Request:
-    """What the connection knows of a held request besides its path and body."""
+class Hot:
+    """A request take() took: what answer() needs of it besides its body."""
 
+    path: str
+    route: str  # its route's template: the endpoint label RequestLog would give it
+    params: tuple[str, ...]  # the template's parameters: (), (name,) or (name, version)
     headers: list[tuple[bytes, bytes]]
     arrival: float  # time.monotonic() of its first byte
     rid: str  # its X-Request-ID (the client's if valid, else a new one)
@@ -130,24 +142,12 @@ def _predict(d: Daemon, body: bytes, deadline: float, received: float) -> Done |
     return model, result, content, JSON
 
 
-def _infer(
-    d: Daemon,
-    path: str,
-    route: str,
-    request: Request,
-    body: bytes,
-    deadline: float,
-    received: float,
-) -> Done | None:
-    if route == INFER_ROUTE:
-        m = INFER.fullmatch(path)
-        assert m is not None
-        model = d.registry.get(m[1])
+def _infer(d: Daemon, hot: Hot, body: bytes, deadline: float, received: float) -> Done | None:
+    if hot.route == INFER_ROUTE:
+        model = d.registry.get(hot.params[0])
     else:
-        m = VERSION_INFER.fullmatch(path)
-        assert m is not None
-        model = v2.versioned(d, m[1], m[2])
-    length = next((v.decode("latin-1") for k, v in request.headers if k == v2.HEADER_LENGTH), None)
+        model = v2.versioned(d, *hot.params)
+    length = next((v.decode("latin-1") for k, v in hot.headers if k == v2.HEADER_LENGTH), None)
     call = oip.parse_http(body, length, v2.limits_for(d, model), model.name)
     if call.min_accuracy is not None or call.max_latency_ms is not None or call.tensor is None:
         return None  # hints, or images inside the tensor: the app's path
@@ -158,6 +158,6 @@ def _infer(
         result = svc.predict_tensor_now(call.tensor, deadline, received)
     if result is None:
         return None
-    content, extra = v2.encode(model, call, [result], v2.response_id(request.rid))
+    content, extra = v2.encode(model, call, [result], v2.response_id(hot.rid))
     raw = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
     return model, result, content, raw

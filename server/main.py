@@ -23,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from models.checkpoint import CheckpointError
 from server import logs
 from server.app import check_checkpoints, create_app
-from server.inplace import Answer, InPlace, Request
+from server.inplace import Answer, Hot, InPlace
 from server.middleware import ANSWERED, ARRIVAL, new_request_id, request_id, request_id_from
 from server.settings import Settings, add_arguments, from_args
 
@@ -252,7 +252,7 @@ class LimitedProtocol(HttpToolsProtocol):
             return None
         self.holding.count -= 1
         if status and self.in_place is not None:
-            self.in_place.unanswered(held.path, held.route, status, held.request)
+            self.in_place.unanswered(held.hot, status)
         return held
 
     def _start_cycle(self, busy: bool) -> None:
@@ -289,16 +289,15 @@ class LimitedProtocol(HttpToolsProtocol):
             return None
         url = httptools.parse_url(self.url)
         path = url.path.decode("latin-1")
-        route = self.in_place.route(path, url.query or b"", self.headers)
-        if route is None:
+        hot = self.in_place.take(path, url.query or b"", self.headers, self._arrival)
+        if hot is None:
             return None
-        rid = request_id_from(self.headers)
-        self.scope["state"]["request_id"] = rid  # the ID a 408 written here carries
-        return Held(path, route, Request(self.headers, self._arrival, rid))
+        self.scope["state"]["request_id"] = hot.rid  # the ID a 408 written here carries
+        return Held(hot)
 
     def on_body(self, body: bytes) -> None:
         if self._held is not None:
-            self._held.body += body  # at most in_place's body cap: route() read its length
+            self._held.body += body  # at most in_place's body cap: take() read its length
             return
         super().on_body(body)
 
@@ -319,7 +318,7 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def _answer_in_place(self, held: Held, body: bytes) -> bool:
         assert self.in_place is not None
-        answer = self.in_place.answer(held.path, held.route, body, held.request)
+        answer = self.in_place.answer(held.hot, body)
         if answer is None:
             return False
         self._arm(None)
@@ -457,9 +456,7 @@ def limits_from(settings: Settings, nofile: int) -> Limits:
 class Held:
     """A request held for the in-place path while its body arrives."""
 
-    path: str
-    route: str  # its route's template (in_place.route)
-    request: Request
+    hot: Hot
     body: bytearray = field(default_factory=bytearray)
 
 
