@@ -150,8 +150,7 @@ async def decode_admitted(
         ins = await _wait(pool.submit(preprocess.inspect, data), deadline)
     nbytes = ins.cost_bytes
     await budget.acquire(nbytes, deadline)
-    small = ins.width * ins.height <= INLINE_DECODE_PIXELS and len(data) <= INLINE_INSPECT_BYTES
-    if inline and small:
+    if inline and _small(ins, data):
         try:
             return _decode(preprocess, ins, nbytes)
         finally:
@@ -175,12 +174,17 @@ def decode_now(preprocess: Preprocessor, budget: DecodeBudget, data: bytes) -> t
         return None
     ins = preprocess.inspect(data)
     nbytes = ins.cost_bytes
-    if ins.width * ins.height > INLINE_DECODE_PIXELS or not budget.take(nbytes):
+    if not _small(ins, data) or not budget.take(nbytes):
         return None
     try:
         return _decode(preprocess, ins, nbytes)
     finally:
         budget.release(nbytes)
+
+
+def _small(ins: Inspected, data: bytes) -> bool:
+    """An image small enough to decode on the event loop (its body inspected there too)."""
+    return ins.width * ins.height <= INLINE_DECODE_PIXELS and len(data) <= INLINE_INSPECT_BYTES
 
 
 async def _wait(cf: Future[T], deadline: float, finished: Callable[[], None] | None = None) -> T:

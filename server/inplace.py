@@ -14,7 +14,7 @@ from server.daemon import Daemon
 from server.inference import Result
 from server.middleware import Ledger, request_id_from
 from server.routes import predict, v2
-from server.routes.fast import INFER, MAX_NAME, VERSION_INFER
+from server.routes.fast import PREDICT, hot_route
 from server.served import ServedModel
 from server.settings import Settings
 
@@ -22,11 +22,6 @@ from server.settings import Settings
 # is 0.3-14 KB; larger images are decoded in the pool and large OIP bodies parsed off the loop.
 MAX_BODY = 64 * 1024
 JSON = ((b"content-type", b"application/json"),)
-
-# The FastAPI routes' templates: the endpoint label RequestLog gives the same requests.
-PREDICT = "/predict"
-INFER_ROUTE = "/v2/models/{name}/infer"
-VERSION_ROUTE = "/v2/models/{name}/versions/{version}/infer"
 
 
 @dataclass(frozen=True)
@@ -60,7 +55,7 @@ class InPlace:
         """A POST to `path` this path may answer, judged from its headers alone (a hot route,
         a body of known small length, nothing the middleware would add to the answer): what
         answer() needs of it besides its body; else None."""
-        if tracing.enabled() or not (path == PREDICT or path.startswith("/v2/models/")):
+        if tracing.enabled():
             return None
         length = ctype = None
         for name, value in headers:
@@ -72,21 +67,10 @@ class InPlace:
                 return None
         if length is None or not length.isdigit() or int(length) > self.max_body:
             return None
-        params: tuple[str, ...]
-        if path == PREDICT:
-            media = predict.media_type(None if ctype is None else ctype.decode("latin-1"))
-            if query or not predict.is_raw_image(media):
-                return None
-            route, params = PREDICT, ()
-        elif (m := INFER.fullmatch(path)) is not None:
-            route, params = INFER_ROUTE, (m[1],)
-        elif (m := VERSION_INFER.fullmatch(path)) is not None:
-            route, params = VERSION_ROUTE, (m[1], m[2])
-        else:
+        hit = hot_route(path, query, None if ctype is None else ctype.decode("latin-1"))
+        if hit is None:
             return None
-        if params and len(params[0]) > MAX_NAME:
-            return None  # FastAPI's 422
-        return Hot(path, route, params, headers, arrival, request_id_from(headers))
+        return Hot(path, *hit, headers, arrival, request_id_from(headers))
 
     def answer(self, hot: Hot, body: bytes) -> Answer | None:
         """The answer to a request take() took, if it can be given now; else None, with
@@ -124,7 +108,7 @@ class Hot:
 
     path: str
     route: str  # its route's template: the endpoint label RequestLog would give it
-    params: tuple[str, ...]  # the template's parameters: (), (name,) or (name, version)
+    params: dict[str, str]  # the template's: {}, name, or name and version
     headers: list[tuple[bytes, bytes]]
     arrival: float  # time.monotonic() of its first byte
     rid: str  # its X-Request-ID (the client's if valid, else a new one)
@@ -143,10 +127,8 @@ def _predict(d: Daemon, body: bytes, deadline: float, received: float) -> Done |
 
 
 def _infer(d: Daemon, hot: Hot, body: bytes, deadline: float, received: float) -> Done | None:
-    if hot.route == INFER_ROUTE:
-        model = d.registry.get(hot.params[0])
-    else:
-        model = v2.versioned(d, *hot.params)
+    name, version = hot.params["name"], hot.params.get("version")
+    model = d.registry.get(name) if version is None else v2.versioned(d, name, version)
     length = next((v.decode("latin-1") for k, v in hot.headers if k == v2.HEADER_LENGTH), None)
     call = oip.parse_http(body, length, v2.limits_for(d, model), model.name)
     if call.min_accuracy is not None or call.max_latency_ms is not None or call.tensor is None:

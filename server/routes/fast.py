@@ -21,6 +21,31 @@ INFER = re.compile(r"/v2/models/([^/]+)/infer")
 VERSION_INFER = re.compile(r"/v2/models/([^/]+)/versions/([^/]+)/infer")
 JSON = {"content-type": "application/json"}
 MAX_NAME = 64  # the routes' ModelName max_length: longer names go to FastAPI for its 422
+# The hot routes' templates (their FastAPI paths): scope["route"] and the endpoint label.
+PREDICT = "/predict"
+INFER_ROUTE = "/v2/models/{name}/infer"
+VERSION_ROUTE = "/v2/models/{name}/versions/{version}/infer"
+
+
+def hot_route(
+    path: str, query: bytes, content_type: str | None
+) -> tuple[str, dict[str, str]] | None:
+    """The hot route a POST to `path` is for, as its template and path parameters; None for
+    any other, and for one whose FastAPI answer would differ (a name too long, multipart,
+    query parameters to validate). The one rule HotPath and the in-place path (server.inplace)
+    both take requests by."""
+    if path == PREDICT:
+        raw = predict.is_raw_image(predict.media_type(content_type))
+        return (PREDICT, {}) if raw and not query else None
+    if not (path.startswith("/v2/models/") and path.endswith("/infer")):
+        return None
+    if (m := INFER.fullmatch(path)) is not None:
+        template, params = INFER_ROUTE, {"name": m[1]}
+    elif (m := VERSION_INFER.fullmatch(path)) is not None:
+        template, params = VERSION_ROUTE, {"name": m[1], "version": m[2]}
+    else:
+        return None
+    return (template, params) if len(params["name"]) <= MAX_NAME else None
 
 
 class HotPath:
@@ -37,26 +62,16 @@ class HotPath:
         # The routers' own APIRoute objects: what FastAPI puts in scope["route"] for them.
         both = (*v2.router.routes, *predict.router.routes)
         routes = {r.path: r for r in both if isinstance(r, APIRoute)}
-        self.infer_route = routes["/v2/models/{name}/infer"]
-        self.version_route = routes["/v2/models/{name}/versions/{version}/infer"]
-        self.predict_route = routes["/predict"]
+        self.routes = {t: routes[t] for t in (PREDICT, INFER_ROUTE, VERSION_ROUTE)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
             return await self.app(scope, receive, send)
-        path = scope["path"]
-        if path == "/predict" and not scope.get("query_string") and _raw_image(scope):
-            return await self._serve(scope, receive, send, self.predict_route, {})
-        if path.startswith("/v2/models/") and path.endswith("/infer"):
-            m = INFER.fullmatch(path)
-            if m is not None and len(m[1]) <= MAX_NAME:
-                params = {"name": m[1]}
-                return await self._serve(scope, receive, send, self.infer_route, params)
-            m = VERSION_INFER.fullmatch(path)
-            if m is not None and len(m[1]) <= MAX_NAME:
-                params = {"name": m[1], "version": m[2]}
-                return await self._serve(scope, receive, send, self.version_route, params)
-        return await self.app(scope, receive, send)
+        query = scope.get("query_string", b"")
+        hit = hot_route(scope["path"], query, v2.header(scope, b"content-type"))
+        if hit is None:
+            return await self.app(scope, receive, send)
+        return await self._serve(scope, receive, send, self.routes[hit[0]], hit[1])
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, route: APIRoute, params: dict[str, str]
@@ -65,7 +80,7 @@ class HotPath:
         try:
             d = deps.serving(deps.started(self.state.daemon))  # as the routes' ServingDep
             request = Request(scope, receive)  # Starlette's: reads the body as the routes do
-            if route is self.predict_route:  # predict.predict with its defaults
+            if route.path == PREDICT:  # predict.predict with its defaults
                 r = await predict.predict_image(
                     request, d, None, predict.TOP_K, Hints(), predict.read_body
                 )
@@ -84,8 +99,3 @@ class HotPath:
         raw.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": raw})
         await send({"type": "http.response.body", "body": content})
-
-
-def _raw_image(scope: Scope) -> bool:
-    """A body /predict reads as the raw image (read_one_image's rule, not multipart)."""
-    return predict.is_raw_image(predict.media_type(v2.header(scope, b"content-type")))
