@@ -61,11 +61,15 @@ class SubspaceLayer(nn.Module):
         """ω*(α) = α·ω1 + (1 − α)·ω2 for a line; ω for a point."""
         if not self.line:
             return self.weight, self.bias
-        w = torch.lerp(self.weight_2, self.weight, alpha)
+        return torch.lerp(self.weight_2, self.weight, alpha), self.at_bias(alpha)
+
+    def at_bias(self, alpha: float) -> Tensor | None:
+        """The bias of ω*(α): a line's lerp of its ends (None unless both have one)."""
+        if not self.line:
+            return self.bias
         if self.bias is None or self.bias_2 is None:
-            return w, None
-        b = torch.lerp(self.bias_2, self.bias, alpha)
-        return w, b
+            return None
+        return torch.lerp(self.bias_2, self.bias, alpha)
 
 
 class SConv2d(SubspaceLayer):

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
 
 from models.compression.buffers import OutputBuffers
 from models.compression.cache import LEVEL_CACHE, LevelCache, level_bytes
@@ -18,7 +17,7 @@ from models.layers import LayerParams
 if TYPE_CHECKING:
     from models.networks import SubspaceNet
 
-THRESHOLD_ALPHAS = 64  # α whose TopK boundaries are kept (ResNet18: 19 floats and ties each)
+KNOWN_ALPHAS = 64  # α whose boundaries are kept (ResNet18: 19 floats, ties, 120 KB of norms)
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,11 +69,13 @@ class LevelCompressor:
         self.spec = net.spec
         self.cache = cache
         self.level_cache = LEVEL_CACHE if level_cache is None else level_cache
-        self._ctx: dict[str, Any] = {"orders": {} if cache else None}
+        # made once per layer and kept: |w| orders of a point, a line's fused-pass arrays
+        self._ctx: dict[str, Any] = {"orders": {} if cache else None, "lines": {}}
         self.buffers = OutputBuffers()  # where serving writes the levels of such a family
-        # TopK boundaries (threshold, kept ties) per α seen, by layer: the profile's grid at
-        # load, so a switch back to a level costs ω*(α) and one pruning pass, not a selection.
-        self._thresholds: OrderedDict[float, dict[str, tuple[float, Tensor | None]]] = OrderedDict()
+        # What a switch to α found, by layer, for the α seen (the profile's grid at load): a
+        # hidden layer's TopK boundary (threshold, kept ties), so a switch back costs one fused
+        # pass of ω*(α) and its pruning, not a selection; a small layer's params (a norm).
+        self._known: OrderedDict[float, dict[str, Any]] = OrderedDict()
 
     def __call__(
         self,
@@ -107,14 +108,14 @@ class LevelCompressor:
         return level
 
     def _into_buffers(self, alpha: float) -> Level:
-        thresholds = self._thresholds.pop(alpha, {})
-        self._thresholds[alpha] = thresholds  # most recent last
-        while len(self._thresholds) > THRESHOLD_ALPHAS:
-            del self._thresholds[next(iter(self._thresholds))]
+        known = self._known.pop(alpha, {})
+        self._known[alpha] = known  # most recent last
+        while len(self._known) > KNOWN_ALPHAS:
+            del self._known[next(iter(self._known))]
         buffers = self.buffers.take()
         level = None
         try:
-            level = self._compress(alpha, out=buffers, thresholds=thresholds)
+            level = self._compress(alpha, out=buffers, known=known)
         finally:
             self.buffers.bind(buffers, level)
         return level

@@ -13,11 +13,18 @@ from torch import Tensor
 
 from models.families.base import Draw, Family, FamilyConfig, Schedule, is_norm
 from models.families.registry import register
+from models.fused import PrunedLine
 from models.layers import LayerParams, SubspaceLayer
 
 if TYPE_CHECKING:
     from models.compression import Level
+    from models.compression.buffers import BufferSet
     from models.levels import Calculator
+
+
+# A line layer this small that is not pruned (a norm, a first conv) keeps its params per α
+# known (ResNet18: ~120 KB an α) rather than interpolating into a buffer on every switch.
+SMALL_NUMEL = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -52,29 +59,38 @@ class Unstructured(Family):
         self, layer: SubspaceLayer, alpha: float, gamma: float, ctx: dict[str, Any]
     ) -> LayerParams:
         """Serving (ctx["out"] given): the same f(ω*(α), γ) as compress_layer, written into the
-        layer's reused output tensor in one pruning pass; the boundary (threshold and kept
-        ties) is found once per α and looked up on every later switch to it."""
-        out = ctx.get("out")
-        if out is None or is_norm(layer) or layer.role != "hidden":
+        layer's reused output tensor. What a first switch to α finds is kept in ctx["known"]:
+        a hidden layer's boundary (threshold and kept ties), so a later switch to α computes
+        ω*(α) and prunes it in one fused pass; a small line layer's params (a norm)."""
+        out, known = ctx.get("out"), ctx.get("known")
+        if out is None or known is None:
             return super().compress_at(layer, alpha, gamma, ctx)
-        n = int(gamma * layer.weight.numel())
-        buf = out.like(layer.key, layer.weight)
-        if layer.line:
-            # ω*(α) as SubspaceLayer.at computes it, into the buffer rather than a fresh tensor
-            w = torch.lerp(layer.weight_2, layer.weight, alpha, out=buf)
-            b = None
-            if layer.bias is not None and layer.bias_2 is not None:
-                b = torch.lerp(layer.bias_2, layer.bias, alpha)
-        else:
-            w, b = layer.weight, layer.bias
+        hidden = layer.role == "hidden" and not is_norm(layer)
+        found = known.get(layer.key)
+        if layer.line and not hidden and layer.weight.numel() <= SMALL_NUMEL:
+            if found is None:
+                found = known[layer.key] = super().compress_at(layer, alpha, gamma, ctx)
+            return found  # fresh tensors, which no switch writes into
+        if layer.line and found is not None:
+            threshold, kept_ties = found
+            into = out.like(layer.key, layer.weight)
+            pruned = _line(layer, ctx).at(alpha, threshold, into, kept_ties)
+            return LayerParams(pruned, _bias_at(layer, alpha, out))
+        w: Tensor = layer.weight
+        b: Tensor | None = layer.bias
+        if layer.line:  # ω*(α) as SubspaceLayer.at computes it, into reused tensors
+            w = torch.lerp(layer.weight_2, w, alpha, out=out.like(layer.key, w))
+            b = _bias_at(layer, alpha, out)
+        n = int(gamma * w.numel()) if hidden else 0
         if n == 0:
-            return LayerParams(w, b)
-        known = ctx["thresholds"].get(layer.key)
-        if known is None:
-            known = ctx["thresholds"][layer.key] = _boundary(layer, w, n, ctx["orders"])
-        threshold, kept_ties = known
+            return self.compress_layer(layer, w, b, gamma, ctx)
+        if found is None:
+            found = known[layer.key] = _boundary(layer, w, n, ctx["orders"])
+            if layer.line:
+                _line(layer, ctx)  # its kernel compiled now, at the first visit, not later
+        threshold, kept_ties = found
         saved = None if kept_ties is None else w.view(-1)[kept_ties]  # a copy
-        pruned = torch.ops.aten.hardshrink.out(w, threshold, out=buf)
+        pruned = torch.ops.aten.hardshrink.out(w, threshold, out=out.like(layer.key, w))
         if kept_ties is not None:
             pruned.view(-1)[kept_ties] = saved
         return LayerParams(pruned, b)
@@ -134,6 +150,21 @@ class Unstructured(Family):
         # Non-zeros only, as a sparse format would store them (values; indices not counted).
         n = int(torch.count_nonzero(p.weight))
         return 4 * (n + (0 if p.bias is None else p.bias.numel()))
+
+
+def _line(layer: SubspaceLayer, ctx: dict[str, Any]) -> PrunedLine:
+    line: PrunedLine | None = ctx["lines"].get(layer.key)
+    if line is None:
+        line = ctx["lines"][layer.key] = PrunedLine(layer.weight_2, layer.weight)
+    return line
+
+
+def _bias_at(layer: SubspaceLayer, alpha: float, out: BufferSet) -> Tensor | None:
+    """A line's bias at α (SubspaceLayer.at_bias's values) into the level's reused tensor."""
+    if layer.bias is None or layer.bias_2 is None:
+        return None
+    into = out.like(layer.key + ".bias", layer.bias)
+    return torch.lerp(layer.bias_2, layer.bias, alpha, out=into)
 
 
 def _threshold(
