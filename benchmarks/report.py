@@ -75,7 +75,10 @@ def switch_section(d: dict[str, Any]) -> str:
         "of 3 switches to an α off the grid, seen for the first time (LCS+L finds its "
         "thresholds then; quantization snaps every α to its bit grid). ω*(α): interpolating "
         "every line layer into reused tensors, the floor of a line switch that interpolates "
-        "every weight.\n\n"
+        "every weight. An unstructured LCS+L switch to a known α interpolates and prunes in "
+        "one fused pass (`models/fused.py`, numba), so it costs ω*(α) plus ~0.6–1.2 ms; the "
+        "memory bandwidth of this VM varies by ~15 % from run to run (ω*(α) 4.4–5.0 ms), so "
+        "compare a row with its own ω*(α).\n\n"
         + table(
             [
                 "arch",
