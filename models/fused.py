@@ -46,15 +46,20 @@ def _fusable(t: Tensor) -> bool:
     return t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
 
 
-def _unfused(
-    start: Tensor, end: Tensor, alpha: float, threshold: float, out: Tensor, keep: Tensor | None
-) -> Tensor:
-    w = torch.lerp(start, end, alpha, out=out)
+def prune(w: Tensor, threshold: float, keep: Tensor | None, out: Tensor) -> Tensor:
+    """w with every |w| ≤ threshold zeroed except at the flat indices in keep, into out (which
+    may be w itself): the pruning pass at a known boundary, as torch does it."""
     saved = None if keep is None else w.view(-1)[keep]  # a copy, taken before the pruning
     torch.ops.aten.hardshrink.out(w, threshold, out=out)
     if keep is not None and saved is not None:
         out.view(-1)[keep] = saved
     return out
+
+
+def _unfused(
+    start: Tensor, end: Tensor, alpha: float, threshold: float, out: Tensor, keep: Tensor | None
+) -> Tensor:
+    return prune(torch.lerp(start, end, alpha, out=out), threshold, keep, out)
 
 
 def _flat(t: Tensor) -> np.ndarray:

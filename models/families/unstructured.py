@@ -13,7 +13,7 @@ from torch import Tensor
 
 from models.families.base import Draw, Family, FamilyConfig, Schedule, is_norm
 from models.families.registry import register
-from models.fused import PrunedLine
+from models.fused import PrunedLine, prune
 from models.layers import LayerParams, SubspaceLayer
 
 if TYPE_CHECKING:
@@ -89,11 +89,7 @@ class Unstructured(Family):
             if layer.line:
                 _line(layer, ctx)  # its kernel compiled now, at the first visit, not later
         threshold, kept_ties = found
-        saved = None if kept_ties is None else w.view(-1)[kept_ties]  # a copy
-        pruned = torch.ops.aten.hardshrink.out(w, threshold, out=out.like(layer.key, w))
-        if kept_ties is not None:
-            pruned.view(-1)[kept_ties] = saved
-        return LayerParams(pruned, b)
+        return LayerParams(prune(w, threshold, kept_ties, out.like(layer.key, w)), b)
 
     def compress_layer(
         self, layer: SubspaceLayer, w: Tensor, b: Tensor | None, gamma: float, ctx: dict[str, Any]
