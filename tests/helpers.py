@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -87,17 +86,25 @@ async def in_process(
         await serving.stop(d)
 
 
+# argv: the limit, then the command to exec under it
+LIMITED = (
+    "import os, resource, sys; n = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
 @contextmanager
 def live_server(
     env: dict[str, str] | None = None, timeout: float = 60, nofile: int | None = None
 ) -> Iterator[LiveServer]:
     """A real `lcs serve` process on a loopback port, stopped (SIGTERM) on exit; with
     `nofile`, its file-descriptor limit (soft and hard), as `prlimit --nofile=N:N` would."""
-
-    def limit() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
+    command = [sys.executable, "-m", "server.cli", "serve"]
+    if nofile is not None:
+        # Set by a launcher that then execs the server, not by a preexec_fn: that makes
+        # subprocess fork() (not vfork) and run grpc's at-fork handlers in the child, which
+        # abort it when this process has gRPC threads of its own (SIGABRT, "epoll_wait error").
+        command = [sys.executable, "-c", LIMITED, str(nofile), *command]
     port = free_port()
     full_env = {
         # gRPC on as by default, each daemon on a port of its own: two benchmark servers side by
@@ -114,13 +121,12 @@ def live_server(
         "w+", prefix="lcs-serve-", suffix=".log", delete=False
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve"],
+        command,
         cwd=ROOT,
         env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=limit,  # only setrlimit: safe between fork and exec
     )
     server = LiveServer(proc, f"http://127.0.0.1:{port}", Path(log.name))
     try:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import psutil
@@ -458,6 +459,8 @@ def test_request_id_is_echoed_validated_and_logged(srv):
 def test_many_idle_sockets_under_a_low_fd_limit_and_the_request_cap_spare_health(digit):
     env = {"LCS_MAX_CONCURRENT_REQUESTS": "2", "LCS_BODY_TIMEOUT_S": "30"}
     with server(env, nofile=256) as s:
+        limits = Path(f"/proc/{s.proc.pid}/limits").read_text()
+        assert re.search(r"Max open files\s+256\s+256\s", limits), limits
         idle = [connect(s) for _ in range(400)]  # more than the daemon has descriptors
         try:
             for _ in range(3):
