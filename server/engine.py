@@ -140,7 +140,8 @@ class InferenceThread(Executor):
 
 class Engine:
     """Requests wait in a bounded queue; whatever is waiting when the inference thread frees up
-    (up to `max_batch`) runs as one batch at one Level.
+    (up to `max_batch`; half of it under light load, see batch_size) runs as one batch at one
+    Level.
 
     The inference thread takes its batch from the queue itself and hands the results back with
     one call_soon_threadsafe per batch: no batcher task on the event loop, so a request costs
@@ -275,14 +276,15 @@ class Engine:
     # On the inference thread.
 
     def _drain(self) -> None:
-        """One batch: what is waiting now, up to max_batch, requests at the same level
+        """One batch: what is waiting now (or half of it: batch_size), requests at the same level
         together. What is left queues the next batch, behind any other engine's; requests
         arriving meanwhile queue their own. Settled before the forward pass, so the thread's
         last act is to hand the results over and it lets go of the GIL at once for the loop
         it has just woken."""
         batch: list[_Item] = []
         with self._lock:
-            while self._pending and len(batch) < self.max_batch:
+            size = batch_size(len(self._pending), self.max_batch, self.max_wait_s > 0)
+            while self._pending and len(batch) < size:
                 item = self._pending.popleft()
                 if not item.future.done():  # expired or abandoned: never computed
                     batch.append(item)
@@ -310,6 +312,22 @@ class Engine:
             self._loop.call_soon_threadsafe(_fail, batch, e)
             return
         self._loop.call_soon_threadsafe(_resolve, batch, *done)
+
+
+def batch_size(waiting: int, max_batch: int, window: bool) -> int:
+    """How many of the `waiting` requests the next pass takes.
+
+    Under light load (fewer than half a full batch waiting) it takes half, rounded up: the
+    first half's answers go back one pass sooner, and those clients' next requests arrive
+    while the second half runs, so the inference thread is not left idle waiting for the
+    whole batch's round trip. With a backlog it takes all it may, as a pass costs a loop
+    wake-up and GIL hand-offs whatever its size. A batch window (`window`) means the operator
+    asked for full batches: those are never split. Measured (A/B, h2load gRPC, digits on
+    tier 2, 3 rounds): c = 8 1554/1450/1388 → 1732/1709/1756 req/s, c = 32 unchanged within
+    noise (1848/1995/2027 → 1978/2002/1966); taking half at every load cost 6-9 % at c = 32."""
+    if window or 2 * waiting > max_batch:
+        return min(waiting, max_batch)
+    return (waiting + 1) // 2
 
 
 def _fail(batch: list[_Item], e: Exception) -> None:

@@ -161,7 +161,8 @@ def test_requests_pinned_to_their_own_level_batch_with_their_level_only():
     async def main():
         gate = threading.Event()
         pool = inference_executor(1)
-        engine = Engine(forward, max_batch=16, max_wait_s=0, max_queue=64, executor=pool)
+        # 6 waiting of at most 8: a backlog, taken whole (not halved: batch_size)
+        engine = Engine(forward, max_batch=8, max_wait_s=0, max_queue=64, executor=pool)
         engine.start()
         pool.submit(gate.wait)  # hold the thread so every request lands in one collection
         low, high = FakeLevel(0.25), FakeLevel(0.5)
@@ -179,6 +180,48 @@ def test_requests_pinned_to_their_own_level_batch_with_their_level_only():
         want = 1.0 if lv is None else lv.alpha
         assert r.level.alpha == want and float(r.probabilities[0]) == want
         assert r.batch_size == 2  # the two requests of its level, not all six
+
+
+@pytest.mark.parametrize(
+    ("waiting", "max_batch", "window_s", "passes"),
+    [
+        (6, 16, 0.0, [3, 2, 1]),  # light load: each pass takes half of what waits
+        (9, 16, 0.0, [9]),  # more than half a batch waits: a backlog, taken whole
+        (20, 16, 0.0, [16, 2, 1, 1]),  # a full batch, then the 4 left are halved
+        (6, 16, 0.01, [6]),  # a batch window: the operator asked for full batches
+        (1, 16, 0.0, [1]),
+    ],
+)
+def test_passes_take_half_under_light_load_and_all_of_a_backlog(
+    waiting, max_batch, window_s, passes
+):
+    calls: list[int] = []
+
+    def forward(x, level=None):
+        calls.append(len(x))
+        return x.flatten(1), FakeLevel(1.0), "torch"
+
+    async def main():
+        gate = threading.Event()
+        pool = inference_executor(1)
+        engine = Engine(
+            forward, max_batch=max_batch, max_wait_s=window_s, max_queue=64, executor=pool
+        )
+        engine.start()
+        pool.submit(gate.wait)  # every request waits before the first pass is formed
+        xs = [torch.full((1,), float(i)) for i in range(waiting)]
+        tasks = [asyncio.create_task(engine.infer(x, soon(5))) for x in xs]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        await engine.stop()
+        pool.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert calls == passes
+    assert [float(r.probabilities[0]) for r in results] == [float(i) for i in range(waiting)]
+    assert sorted(r.batch_size for r in results) == sorted(n for n in passes for _ in range(n))
 
 
 def test_inference_thread_runs_submitted_work_in_order_and_cancels_on_shutdown():
