@@ -53,8 +53,10 @@ COPY controller /src/controller
 COPY server /src/server
 RUN PIP_NO_CACHE_DIR=1 /opt/venv/bin/pip install --quiet --disable-pip-version-check \
       --no-deps --no-build-isolation /src && rm -rf /src
+# numba's compiled LCS+L pruning pass (models/fused.py) is cached in /tmp, the pod's writable
+# emptyDir under a read-only root: a restarted container reuses it instead of compiling again.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    LCS_HOST=0.0.0.0 LCS_PORT=8000
+    NUMBA_CACHE_DIR=/tmp/numba LCS_HOST=0.0.0.0 LCS_PORT=8000
 USER 10001:10001
 EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
