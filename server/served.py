@@ -121,6 +121,7 @@ async def open_model(name: str, path: Path, version: int, shared: Shared) -> Ser
         executor=shared.inference,
         on_batch=lambda n, sec, tier: _on_batch(metrics, n, sec, tier),
         inline=(lambda: service.pass_short(inline_s)) if inline_s > 0 else None,
+        inside=lambda: shared.load.requests,
     )
     model = ServedModel(
         name, version, digest, path, meta, net, level, service, engine, metrics, service.tier2

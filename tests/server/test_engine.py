@@ -183,17 +183,19 @@ def test_requests_pinned_to_their_own_level_batch_with_their_level_only():
 
 
 @pytest.mark.parametrize(
-    ("waiting", "max_batch", "window_s", "passes"),
+    ("waiting", "inside", "max_batch", "window_s", "passes"),
     [
-        (6, 16, 0.0, [3, 2, 1]),  # light load: each pass takes half of what waits
-        (9, 16, 0.0, [9]),  # more than half a batch waits: a backlog, taken whole
-        (20, 16, 0.0, [16, 2, 1, 1]),  # a full batch, then the 4 left are halved
-        (6, 16, 0.01, [6]),  # a batch window: the operator asked for full batches
-        (1, 16, 0.0, [1]),
+        (6, None, 16, 0.0, [3, 2, 1]),  # light load: each pass takes half of what waits
+        (9, None, 16, 0.0, [9]),  # more than half a batch waits: a backlog, taken whole
+        (20, None, 16, 0.0, [16, 2, 1, 1]),  # a full batch, then the 4 left are halved
+        (6, None, 16, 0.01, [6]),  # a batch window: the operator asked for full batches
+        (1, None, 16, 0.0, [1]),
+        (6, 8, 16, 0.0, [3, 2, 1]),  # 8 requests in the daemon: still light
+        (6, 9, 16, 0.0, [6]),  # 9 in the daemon (3 decoding or answering): taken whole
     ],
 )
-def test_passes_take_half_under_light_load_and_all_of_a_backlog(
-    waiting, max_batch, window_s, passes
+def test_passes_take_half_under_light_load_and_all_otherwise(
+    waiting, inside, max_batch, window_s, passes
 ):
     calls: list[int] = []
 
@@ -205,7 +207,12 @@ def test_passes_take_half_under_light_load_and_all_of_a_backlog(
         gate = threading.Event()
         pool = inference_executor(1)
         engine = Engine(
-            forward, max_batch=max_batch, max_wait_s=window_s, max_queue=64, executor=pool
+            forward,
+            max_batch=max_batch,
+            max_wait_s=window_s,
+            max_queue=64,
+            executor=pool,
+            inside=None if inside is None else (lambda: inside),
         )
         engine.start()
         pool.submit(gate.wait)  # every request waits before the first pass is formed
