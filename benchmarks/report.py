@@ -76,9 +76,10 @@ def switch_section(d: dict[str, Any]) -> str:
         "thresholds then; quantization snaps every α to its bit grid). ω*(α): interpolating "
         "every line layer into reused tensors, the floor of a line switch that interpolates "
         "every weight. An unstructured LCS+L switch to a known α interpolates and prunes in "
-        "one fused pass (`models/fused.py`, numba), so it costs ω*(α) plus ~0.6–1.2 ms; the "
-        "memory bandwidth of this VM varies by ~15 % from run to run (ω*(α) 4.4–5.0 ms), so "
-        "compare a row with its own ω*(α).\n\n"
+        "one fused pass (`models/fused.py`, numba)"
+        + fused_overhead(r18)
+        + "; the memory bandwidth of this VM varies from run to run, so compare a row with "
+        "its own ω*(α).\n\n"
         + table(
             [
                 "arch",
@@ -96,6 +97,16 @@ def switch_section(d: dict[str, Any]) -> str:
         )
         + "\n\n![switch cost](benchmarks/results/plots/switch_cost.png)\n"
     )
+
+
+def fused_overhead(rows: list[dict[str, Any]]) -> str:
+    """What ResNet18's unstructured LCS+L switch costs beyond its ω*(α), from this run."""
+    line = [r for r in rows if (r["family"], r["kind"]) == ("unstructured", "line")]
+    if not line:
+        return ""
+    r = line[0]
+    extra = r["switch_ms"] - r["interpolate_ms"]
+    return f": on ResNet18 ω*(α) plus {extra:.2f} ms in this run"
 
 
 def speedup_section(d: dict[str, Any]) -> str:

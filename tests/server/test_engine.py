@@ -42,6 +42,23 @@ def make_engine(delay: float, **kw):
     return Engine(forward, **opts), calls, level
 
 
+async def held(forward, requests, **engine_kw):
+    """Every (x, level) request queued while the inference thread is held, then released:
+    the passes are formed from all of them at once. Their results, in order."""
+    gate = threading.Event()
+    pool = inference_executor(1)
+    engine = Engine(forward, max_queue=64, executor=pool, **engine_kw)
+    engine.start()
+    pool.submit(gate.wait)
+    tasks = [asyncio.create_task(engine.infer(x, soon(5), lv)) for x, lv in requests]
+    await asyncio.sleep(0.05)
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    await engine.stop()
+    pool.shutdown()
+    return results
+
+
 def test_concurrent_requests_are_batched_and_answered_in_order():
     async def main():
         engine, calls, _ = make_engine(0.02)
@@ -158,24 +175,12 @@ def test_requests_pinned_to_their_own_level_batch_with_their_level_only():
         ran = level or FakeLevel(1.0)
         return x.flatten(1) * ran.alpha, ran, "torch"
 
-    async def main():
-        gate = threading.Event()
-        pool = inference_executor(1)
-        # 6 waiting of at most 8: a backlog, taken whole (not halved: batch_size)
-        engine = Engine(forward, max_batch=8, max_wait_s=0, max_queue=64, executor=pool)
-        engine.start()
-        pool.submit(gate.wait)  # hold the thread so every request lands in one collection
-        low, high = FakeLevel(0.25), FakeLevel(0.5)
-        asked = [None, low, high, low, None, high]
-        tasks = [asyncio.create_task(engine.infer(torch.ones(1), soon(5), lv)) for lv in asked]
-        await asyncio.sleep(0.05)
-        gate.set()
-        results = await asyncio.gather(*tasks)
-        await engine.stop()
-        pool.shutdown()
-        return asked, results
-
-    asked, results = asyncio.run(main())
+    low, high = FakeLevel(0.25), FakeLevel(0.5)
+    asked = [None, low, high, low, None, high]
+    # 6 waiting of at most 8: a backlog, taken whole (not halved: batch_size)
+    results = asyncio.run(
+        held(forward, [(torch.ones(1), lv) for lv in asked], max_batch=8, max_wait_s=0)
+    )
     for lv, r in zip(asked, results, strict=True):
         want = 1.0 if lv is None else lv.alpha
         assert r.level.alpha == want and float(r.probabilities[0]) == want
@@ -203,29 +208,9 @@ def test_passes_take_half_under_light_load_and_all_otherwise(
         calls.append(len(x))
         return x.flatten(1), FakeLevel(1.0), "torch"
 
-    async def main():
-        gate = threading.Event()
-        pool = inference_executor(1)
-        engine = Engine(
-            forward,
-            max_batch=max_batch,
-            max_wait_s=window_s,
-            max_queue=64,
-            executor=pool,
-            inside=None if inside is None else (lambda: inside),
-        )
-        engine.start()
-        pool.submit(gate.wait)  # every request waits before the first pass is formed
-        xs = [torch.full((1,), float(i)) for i in range(waiting)]
-        tasks = [asyncio.create_task(engine.infer(x, soon(5))) for x in xs]
-        await asyncio.sleep(0.05)
-        gate.set()
-        results = await asyncio.gather(*tasks)
-        await engine.stop()
-        pool.shutdown()
-        return results
-
-    results = asyncio.run(main())
+    xs = [(torch.full((1,), float(i)), None) for i in range(waiting)]
+    count = None if inside is None else (lambda: inside)
+    results = asyncio.run(held(forward, xs, max_batch=max_batch, max_wait_s=window_s, inside=count))
     assert calls == passes
     assert [float(r.probabilities[0]) for r in results] == [float(i) for i in range(waiting)]
     assert sorted(r.batch_size for r in results) == sorted(n for n in passes for _ in range(n))
